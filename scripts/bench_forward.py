@@ -1,0 +1,132 @@
+"""Benchmark: the oracle vs transformers on the same random-weight GPT-Neo checkpoint, side by side.
+
+Creates (or reuses) a random checkpoint of a released GPT-Neo shape with transformers, then runs each
+implementation in its own fresh process (so peak RSS is its own) and measures load time, forward time
+on a batch of prompts (default 40 x 16 tokens) and peak RSS, and prints the ratios oracle / transformers.
+
+    python scripts/bench_forward.py --shape 1.3B          # the issue's target shape
+    python scripts/bench_forward.py --shape 125M --repeat 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = {  # d_model, layers, heads (vocab 50257, 2048 positions, window 256)
+    "tiny": (64, 4, 4),
+    "125M": (768, 12, 12),
+    "1.3B": (2048, 24, 16),
+}
+
+
+def checkpoint(shape: str, cache: Path) -> Path:
+    """A random-weight float32 checkpoint of ``shape`` under ``cache`` (created once with transformers)."""
+    folder = cache / f"gpt-neo-{shape}-random"
+    if (folder / "model.safetensors").exists():
+        return folder
+    import torch
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    d, layers, heads = SHAPES[shape]
+    config = GPTNeoConfig(vocab_size=50257, hidden_size=d, num_layers=layers, num_heads=heads,
+                          attention_types=[[["global", "local"], layers // 2]], window_size=256,
+                          max_position_embeddings=2048, intermediate_size=None)
+    torch.manual_seed(0)
+    print(f"creating a random {shape} checkpoint in {folder} ...", flush=True)
+    GPTNeoForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def child(impl: str, folder: str, batch: int, seq: int, out: str) -> None:
+    """Runs in a fresh process: load, forward once, report times and peak RSS as JSON on stdout."""
+    import numpy as np
+
+    ids = np.random.default_rng(0).integers(0, 50257, size=(batch, seq))
+    t0 = time.perf_counter()
+    if impl == "oracle":
+        sys.path.insert(0, str(REPO))
+        import refimpl
+
+        model = refimpl.load(folder, dtype="float32")
+        t1 = time.perf_counter()
+        logits = model.forward(ids)
+    else:
+        import torch
+        from transformers import GPTNeoForCausalLM
+
+        model = GPTNeoForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            logits = model(torch.as_tensor(ids)).logits.numpy()
+    t2 = time.perf_counter()
+    np.save(out, logits[:, -1])
+    print(json.dumps({"load_s": t1 - t0, "forward_s": t2 - t1, "peak_rss": peak_rss_bytes()}))
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS (VmHWM, reset at exec; ru_maxrss is not: it keeps the parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(impl: str, folder: Path, batch: int, seq: int, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", impl, str(folder), str(batch), str(seq), str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise SystemExit(f"{impl} child failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        impl, folder, batch, seq, out = sys.argv[2:7]
+        child(impl, folder, int(batch), int(seq), out)
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="125M")
+    parser.add_argument("--cache", type=Path, default=REPO / "bench-cache")
+    parser.add_argument("--batch", type=int, default=40)
+    parser.add_argument("--seq", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per implementation (best time kept)")
+    args = parser.parse_args()
+    import numpy as np
+
+    folder = checkpoint(args.shape, args.cache)
+    weights_bytes = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+    with open(folder / "model.safetensors", "rb") as fh:  # warm the page cache so neither pays the disk
+        while fh.read(1 << 26):
+            pass
+    results = {}
+    for impl in ("transformers", "oracle") * args.repeat:
+        r = measure(impl, folder, args.batch, args.seq, args.cache / f"{impl}-last-logits.npy")
+        best = results.get(impl)
+        results[impl] = r if best is None else {k: min(r[k], best[k]) for k in r}
+    diff = np.abs(np.load(args.cache / "oracle-last-logits.npy") - np.load(args.cache / "transformers-last-logits.npy"))
+    o, t = results["oracle"], results["transformers"]
+    print(f"GPT-Neo {args.shape} shape, random weights, float32; checkpoint {weights_bytes / 1e9:.2f} GB; "
+          f"forward on {args.batch} x {args.seq} tokens; {os.cpu_count()} cores")
+    print(f"{'':14}{'load s':>10}{'forward s':>12}{'peak RSS GB':>14}{'RSS / weights':>15}")
+    for name, r in (("transformers", t), ("oracle", o)):
+        print(f"{name:14}{r['load_s']:10.2f}{r['forward_s']:12.2f}{r['peak_rss'] / 1e9:14.2f}"
+              f"{r['peak_rss'] / weights_bytes:15.3f}")
+    print(f"{'ratio o/t':14}{o['load_s'] / t['load_s']:10.2f}{o['forward_s'] / t['forward_s']:12.3f}"
+          f"{o['peak_rss'] / t['peak_rss']:14.3f}")
+    print(f"targets (1.3B): load <= 0.5 s, forward ratio <= 1.05, peak RSS <= 1.07 x weights; "
+          f"last-token logits max |diff| = {diff.max():.2e} (scale {np.abs(np.load(args.cache / 'transformers-last-logits.npy')).max():.2f})")
+
+
+if __name__ == "__main__":
+    main()

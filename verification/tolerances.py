@@ -24,6 +24,14 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         1e-4, "max |oracle - transformers| / max |residual| per block input, float32 rounding"),
     ("residual_parity", "float64"): Tolerance(
         1e-12, "same in float64; rounding alone gives ~1e-15"),
+    ("central_difference", "float64"): Tolerance(
+        1e-7, "|J - central difference| / max|J|, h = 1e-6: truncation O(h^2) plus rounding O(eps / h) ~ 1e-10"),
+    ("complex_step", "float64"): Tolerance(
+        1e-13, "|J - complex step| / max|J|, h = 1e-30: no subtraction, only rounding of the two formulas"),
+    ("identity", "float64"): Tolerance(
+        1e-12, "two float64 evaluations of one quantity by different summation orders (relative to its scale)"),
+    ("identity", "float32"): Tolerance(
+        1e-5, "the same in float32 (eps 1.2e-7 times accumulation over hundreds of terms)"),
     ("dtype_decode", "float16"): Tolerance(
         0.0, "F16 -> float32/64 widening is exact"),
     ("dtype_decode", "bfloat16"): Tolerance(

@@ -1,0 +1,113 @@
+"""Hand-written derivatives (no autograd) of LayerNorm, the idealised LayerNorm, gelu_new and the MLP.
+
+Conventions: row vectors, inputs ``x [..., d]`` (leading axes broadcast). JVP = J u (tangent in input
+space), VJP = J^T g (cotangent in output space), ``*_jacobian`` = the dense J with J[i, j] = dy_i/dx_j.
+All formulas avoid ``abs``/``max``/conjugation so that complex inputs give complex-step derivatives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bilinear (non-conjugating) dot product over the last axis, keeping it.  [..., d] -> [..., 1]"""
+    return (a * b).sum(axis=-1, keepdims=True)
+
+
+def _project_mean(u: np.ndarray) -> np.ndarray:
+    """P u = u - mean(u): the projection orthogonal to the all-ones vector."""
+    return u - u.mean(axis=-1, keepdims=True)
+
+
+# ------------------------------------------------------------------ GPT-Neo LayerNorm
+# y = w * c / s + b with c = P x and s = sqrt(c.c / d + eps). Then
+#   dy = w * (P dx / s - c (c . dx) / (d s^3)),  i.e.  J = diag(w) (P / s - c c^T / (d s^3)).
+def layer_norm_jvp(x: np.ndarray, w: np.ndarray, eps: float, u: np.ndarray) -> np.ndarray:
+    """J u = w * (P u / s - c (c.u) / (d s^3)) of GPT-Neo's LayerNorm at x.  [..., d]"""
+    c, d = ops.center(x), x.shape[-1]
+    s = ops.ln_scale(c, eps)
+    return w * (_project_mean(u) / s - c * _dot(c, u) / (d * s**3))
+
+
+def layer_norm_vjp(x: np.ndarray, w: np.ndarray, eps: float, g: np.ndarray) -> np.ndarray:
+    """J^T g = P (w g) / s - c (c.(w g)) / (d s^3): the gradient of g . LayerNorm(x).  [..., d]"""
+    c, d = ops.center(x), x.shape[-1]
+    s = ops.ln_scale(c, eps)
+    wg = w * g
+    return _project_mean(wg) / s - c * _dot(c, wg) / (d * s**3)
+
+
+def layer_norm_jacobian(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """Dense J[i, j] = w_i (P_ij / s - c_i c_j / (d s^3)) at a single x [d] -> [d, d]."""
+    d = x.shape[-1]
+    c = ops.center(x)
+    s = ops.ln_scale(c, eps)[..., 0]
+    P = np.eye(d) - 1.0 / d
+    return w[:, None] * (P / s - np.outer(c, c) / (d * s**3))
+
+
+# ------------------------------------------------------------------ idealised LayerNorm (paper 4.3.3)
+# f(x) = P x / |P x|. With c = P x, r = sqrt(c.c), c_hat = c / r:  J = (P - c_hat c_hat^T) / r (symmetric),
+# which equals the paper's (1/|Px|) P (I - Px Px^T / |Px|^2) because c_hat is orthogonal to the ones vector.
+def ideal_layer_norm(x: np.ndarray) -> np.ndarray:
+    """P x / |P x|.  [..., d]"""
+    c = ops.center(x)
+    return c / np.sqrt(_dot(c, c))
+
+
+def ideal_layer_norm_jvp(x: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """J u = (P u - c_hat (c_hat . u)) / |P x|.  [..., d]"""
+    c = ops.center(x)
+    r = np.sqrt(_dot(c, c))
+    c_hat = c / r
+    return (_project_mean(u) - c_hat * _dot(c_hat, u)) / r
+
+
+def ideal_layer_norm_vjp(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """J^T g = J g (J is symmetric): the gradient of g . (P x / |P x|).  [..., d]"""
+    return ideal_layer_norm_jvp(x, g)
+
+
+def ideal_layer_norm_jacobian(x: np.ndarray) -> np.ndarray:
+    """Dense (P - c_hat c_hat^T) / |P x| at a single x [d] -> [d, d]."""
+    d = x.shape[-1]
+    c = ops.center(x)
+    r = np.sqrt((c * c).sum())
+    c_hat = c / r
+    return (np.eye(d) - 1.0 / d - np.outer(c_hat, c_hat)) / r
+
+
+# ------------------------------------------------------------------ gelu_new and the MLP
+GELU_A, GELU_B = ops.GELU_C, 0.044715
+
+
+def gelu_new_derivative(x: np.ndarray) -> np.ndarray:
+    """d/dx 0.5 x (1 + tanh(a (x + b x^3))) = 0.5 (1 + t) + 0.5 x (1 - t^2) a (1 + 3 b x^2), t = tanh(..)."""
+    t = np.tanh(GELU_A * (x + GELU_B * x * x * x))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_A * (1.0 + 3.0 * GELU_B * x * x)
+
+
+def mlp(x: np.ndarray, W_in, b_in, W_out, b_out) -> np.ndarray:
+    """MLP(x) = gelu_new(x W_in + b_in) W_out + b_out (the branch only, not the residual).  [..., d]"""
+    return ops.linear(ops.gelu_new(ops.linear(x, W_in, b_in)), W_out, b_out)
+
+
+def mlp_jvp(x: np.ndarray, W_in, b_in, W_out, u: np.ndarray) -> np.ndarray:
+    """J u = ((u W_in) * gelu'(x W_in + b_in)) W_out.  [..., d]"""
+    pre = ops.linear(x, W_in, b_in)
+    return ops.linear(ops.linear(u, W_in) * gelu_new_derivative(pre), W_out)
+
+
+def mlp_vjp(x: np.ndarray, W_in, b_in, W_out, g: np.ndarray) -> np.ndarray:
+    """J^T g = ((g W_out^T) * gelu'(x W_in + b_in)) W_in^T: the gradient of g . MLP(x).  [..., d]"""
+    pre = ops.linear(x, W_in, b_in)
+    return ops.linear(ops.linear(g, W_out.T) * gelu_new_derivative(pre), W_in.T)
+
+
+def mlp_jacobian(x: np.ndarray, W_in, b_in, W_out) -> np.ndarray:
+    """Dense J[i, j] = dMLP_i/dx_j = (W_in diag(gelu'(pre)) W_out)[j, i] at a single x [d] -> [d, d]."""
+    pre = x @ W_in + b_in
+    return ((W_in * gelu_new_derivative(pre)) @ W_out).T

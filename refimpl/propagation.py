@@ -1,0 +1,309 @@
+"""Observable propagation (paper Sections 4.1-4.4): feature vectors of heads, virtual heads and paths.
+
+Row convention: head h of layer l maps its LayerNorm output x to x @ W_V[h] @ W_O[h]; the feature of an
+observable with residual image u is y = W_V[h] @ (W_O[h] @ u) (= the paper's W_OV^T W_U^T n), computed
+for all heads at once without ever forming a d x d W_OV.
+
+LayerNorm handling (Section 4.3.3 / 5.1.1), per LayerNorm on the path:
+  "ignore"   identity (directions only);
+  "estimate" sqrt(d) * gamma * y / |x~| with |x~| supplied per LayerNorm; the LAST (earliest) node of a
+             path gets sqrt(d) * gamma * y only;
+  "exact"    the Jacobian-transpose of GPT-Neo's LayerNorm at a supplied input x (J^T y).
+LayerNorms are named "blocks.{l}.ln1" (before attention l), "blocks.{l}.ln2" (before MLP l) and
+"ln_final"; norms and points are mappings keyed by those names.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy.optimize import brentq
+
+from . import jacobians
+from .errors import InputError
+from .observables import Observable
+
+LN_MODES = ("ignore", "estimate", "exact")
+
+
+# ------------------------------------------------------------------ nodes and paths
+@dataclass(frozen=True, order=True)
+class Node:
+    """One sublayer on a path: attention head ``layer.head`` or the MLP of ``layer``."""
+
+    layer: int
+    kind: str  # "attn" sorts before "mlp" within a layer: attention l feeds MLP l
+    head: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}.{self.head}" if self.kind == "attn" else f"MLP{self.layer}"
+
+    @property
+    def layer_norm(self) -> str:
+        """The LayerNorm in front of this sublayer (ln_1 for attention, ln_2 for the MLP)."""
+        return f"blocks.{self.layer}.ln1" if self.kind == "attn" else f"blocks.{self.layer}.ln2"
+
+
+_HEAD = re.compile(r"^\s*(\d+)\s*\.\s*(\d+)\s*$")
+_MLP = re.compile(r"^\s*mlp\s*(\d+)\s*$", re.IGNORECASE)
+
+
+def parse_node(model, spec) -> Node:
+    """"17.14" or (17, 14) -> head 14 of layer 17; "MLP16", "mlp 16" or ("mlp", 16) -> MLP of layer 16."""
+    cfg = model.config
+    if isinstance(spec, Node):
+        node = spec
+    elif isinstance(spec, str) and _HEAD.match(spec):
+        layer, head = map(int, _HEAD.match(spec).groups())
+        node = Node(layer, "attn", head)
+    elif isinstance(spec, str) and _MLP.match(spec):
+        node = Node(int(_MLP.match(spec).group(1)), "mlp")
+    elif isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and spec[0].lower() == "mlp":
+        node = Node(int(spec[1]), "mlp")
+    elif isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(v, (int, np.integer)) for v in spec):
+        node = Node(int(spec[0]), "attn", int(spec[1]))
+    else:
+        raise InputError(f"cannot read path node {spec!r}: use 'layer.head' (e.g. '17.14') or 'MLP<layer>'")
+    if not 0 <= node.layer < cfg.n_layers:
+        raise InputError(f"node {node.label} names layer {node.layer}, but the model has layers 0..{cfg.n_layers - 1}")
+    if node.kind == "attn" and not 0 <= node.head < cfg.n_heads:
+        raise InputError(f"node {node.label} names head {node.head}, but layers have heads 0..{cfg.n_heads - 1}")
+    return node
+
+
+def parse_path(model, path: Sequence) -> tuple[Node, ...]:
+    """Nodes from the earliest to the latest, strictly increasing in (layer, attention before MLP)."""
+    if isinstance(path, (str, Node)) or (isinstance(path, tuple) and len(path) == 2 and not isinstance(path[0], (str, tuple, Node))):
+        path = [path]
+    nodes = tuple(parse_node(model, spec) for spec in path)
+    if not nodes:
+        raise InputError("a path needs at least one node")
+    for earlier, later in zip(nodes, nodes[1:]):
+        if not earlier < later or (earlier.layer, earlier.kind) == (later.layer, later.kind):
+            raise InputError(
+                f"path {' -> '.join(n.label for n in nodes)} is not in increasing layer order "
+                f"({earlier.label} cannot feed {later.label})")
+    return nodes
+
+
+def path_label(nodes: Sequence[Node]) -> str:
+    return " -> ".join(n.label for n in nodes)
+
+
+# ------------------------------------------------------------------ the linear pieces
+def head_feature_layer(model, layer: int, u: np.ndarray) -> np.ndarray:
+    """y[h] = W_V[h] @ (W_O[h] @ u) for every head of ``layer`` at once.  [d] -> [H, d]"""
+    W_O = model.weights[f"blocks.{layer}.attn.W_O"]  # [H, dh, d]
+    W_V = model.weights[f"blocks.{layer}.attn.W_V"]  # [H, d, dh]
+    a = W_O.reshape(-1, W_O.shape[-1]) @ u  # [H*dh]
+    return (a.reshape(W_O.shape[0], 1, -1) @ W_V.transpose(0, 2, 1))[:, 0]  # [H, 1, dh] @ [H, dh, d]
+
+
+def ov_transpose_apply(model, node: Node, y: np.ndarray) -> np.ndarray:
+    """W_OV^T y for one head (row convention W_V[h] @ (W_O[h] @ y)).  [d] -> [d]"""
+    W = model.weights
+    return W[f"blocks.{node.layer}.attn.W_V"][node.head] @ (W[f"blocks.{node.layer}.attn.W_O"][node.head] @ y)
+
+
+def _check_mode(mode: str, what: str) -> None:
+    if mode not in LN_MODES:
+        raise InputError(f"{what} must be one of {list(LN_MODES)}, got {mode!r}")
+
+
+def layer_norm_factor(model, name: str, y: np.ndarray, mode: str, last: bool,
+                      norms: Mapping | None, points: Mapping | None) -> np.ndarray:
+    """Carry a feature y back through the LayerNorm ``name`` in ``mode`` (module docstring)."""
+    _check_mode(mode, "layernorm mode")
+    if mode == "ignore":
+        return y
+    w, d = model.weights[name + ".w"], model.config.d_model
+    if mode == "estimate":
+        if last:
+            return np.sqrt(d) * w * y
+        if not norms or name not in norms:
+            raise InputError(f"LayerNorm mode 'estimate' needs the input norm |x~| of {name} "
+                             f"(norms={{'{name}': ...}}; see ln_input_norms)")
+        norm = float(norms[name])
+        if not norm > 0:
+            raise InputError(f"input norm of {name} must be positive, got {norm}")
+        return np.sqrt(d) * w * y / norm
+    if not points or name not in points:
+        raise InputError(f"LayerNorm mode 'exact' needs the input activation of {name} "
+                         f"(points={{'{name}': x}}; see ln_input_points)")
+    x = np.asarray(points[name], dtype=y.dtype)
+    if x.shape != y.shape:
+        raise InputError(f"input activation of {name} has shape {x.shape}, expected {y.shape}")
+    return jacobians.layer_norm_vjp(x, w, model.config.eps, y)
+
+
+# ------------------------------------------------------------------ decision boundaries
+@dataclass(frozen=True)
+class Boundary:
+    """A point x0 = (1 - t) x_neg + t x_pos on the segment with f(x0) = target."""
+
+    point: np.ndarray
+    t: float
+    f_neg: float
+    f_pos: float
+    target: float
+
+
+def boundary_point(f, x_neg: np.ndarray, x_pos: np.ndarray, fallback: str | None = None,
+                   what: str = "function") -> Boundary:
+    """Root of f on the segment x_neg -> x_pos by brentq (f(x_neg) and f(x_pos) must differ in sign).
+
+    Without a sign change it is an InputError, unless ``fallback="mean"``: then the point where f equals
+    the mean of its two end values (what the authors' code did) is returned.
+    """
+    x_neg, x_pos = np.asarray(x_neg, dtype=np.float64), np.asarray(x_pos, dtype=np.float64)
+    if x_neg.shape != x_pos.shape or x_neg.ndim != 1:
+        raise InputError(f"boundary end points must be two vectors of one shape, got {x_neg.shape} and {x_pos.shape}")
+
+    def along(t: float) -> float:
+        return float(f((1.0 - t) * x_neg + t * x_pos))
+
+    f_neg, f_pos = along(0.0), along(1.0)
+    target = 0.0
+    if not (f_neg <= 0.0 <= f_pos or f_pos <= 0.0 <= f_neg):
+        if fallback != "mean":
+            raise InputError(
+                f"{what} has no sign change between the two points (f(x_neg) = {f_neg:.6g}, f(x_pos) = {f_pos:.6g}): "
+                "pick a negative and a positive example, or pass fallback='mean' to target the mean value")
+        target = 0.5 * (f_neg + f_pos)
+    if fallback not in (None, "mean"):
+        raise InputError(f"fallback must be None or 'mean', got {fallback!r}")
+    if f_neg == target:
+        t = 0.0
+    elif f_pos == target:
+        t = 1.0
+    else:
+        t = brentq(lambda s: along(s) - target, 0.0, 1.0, xtol=1e-14, rtol=4 * np.finfo(float).eps, maxiter=200)
+    return Boundary((1.0 - t) * x_neg + t * x_pos, float(t), f_neg, f_pos, target)
+
+
+def mlp_boundary(model, layer: int, y: np.ndarray, x_neg, x_pos, fallback: str | None = None) -> Boundary:
+    """The point between two MLP inputs (ln_2 outputs) where y . MLP_layer(x) = 0 (Section 4.3.4)."""
+    W, p = model.weights, f"blocks.{layer}.mlp."
+    args = (W[p + "W_in"].astype(np.float64), W[p + "b_in"].astype(np.float64),
+            W[p + "W_out"].astype(np.float64), W[p + "b_out"].astype(np.float64))
+    y64 = np.asarray(y, dtype=np.float64)
+    return boundary_point(lambda x: y64 @ jacobians.mlp(x, *args), x_neg, x_pos, fallback, f"y . MLP{layer}")
+
+
+def final_ln_boundary(model, observable: Observable, x_neg, x_pos, fallback: str | None = None) -> Boundary:
+    """The point between two ln_final inputs where n . logits = (W_U^T n) . ln_final(x) = 0."""
+    from . import ops
+
+    W = model.weights
+    w, b = W["ln_final.w"].astype(np.float64), W["ln_final.b"].astype(np.float64)
+    u = observable.residual.astype(np.float64)
+    return boundary_point(lambda x: u @ ops.layer_norm(x, w, b, model.config.eps)[0], x_neg, x_pos, fallback,
+                          "n . logits")
+
+
+# ------------------------------------------------------------------ propagation
+@dataclass
+class PropagationStep:
+    node: str
+    norm: float  # |feature| after this node and its LayerNorm factor
+    boundary_t: float | None = None
+
+
+@dataclass
+class PathFeature:
+    """A path's feature vector with what each step did."""
+
+    vector: np.ndarray
+    path: str
+    steps: list[PropagationStep] = field(default_factory=list)
+
+
+def propagate(model, observable: Observable, path, layernorm: str = "ignore", *, final_ln: str | None = None,
+              norms: Mapping | None = None, points: Mapping | None = None,
+              mlp_points: Mapping | None = None, mlp_fallback: str | None = None) -> PathFeature:
+    """The feature vector of ``path`` for ``observable``, walking from the logits to the earliest node.
+
+    ``final_ln`` (default: same as ``layernorm``) treats ln_final; in "exact" mode its point must be on the
+    decision boundary (``final_ln_boundary``). ``mlp_points[layer] = (x_neg, x_pos)`` are two MLP inputs
+    (ln_2 outputs) between which the MLP's boundary point is searched.
+    """
+    nodes = parse_path(model, path)
+    _check_mode(layernorm, "layernorm")
+    final_ln = layernorm if final_ln is None else final_ln
+    _check_mode(final_ln, "final_ln")
+    y = layer_norm_factor(model, "ln_final", observable.residual, final_ln, False, norms, points)
+    steps = [PropagationStep("ln_final", float(np.linalg.norm(y)))]
+    for index in range(len(nodes) - 1, -1, -1):
+        node, t = nodes[index], None
+        if node.kind == "attn":
+            y = ov_transpose_apply(model, node, y)
+        else:
+            if not mlp_points or node.layer not in mlp_points:
+                raise InputError(f"MLP node {node.label} needs mlp_points[{node.layer}] = (x_neg, x_pos): two MLP "
+                                 "inputs (ln_2 outputs) on either side of the decision boundary")
+            x_neg, x_pos = mlp_points[node.layer]
+            boundary = mlp_boundary(model, node.layer, y, x_neg, x_pos, mlp_fallback)
+            W, p = model.weights, f"blocks.{node.layer}.mlp."
+            y = jacobians.mlp_vjp(boundary.point.astype(y.dtype), W[p + "W_in"], W[p + "b_in"], W[p + "W_out"], y)
+            t = boundary.t
+        y = layer_norm_factor(model, node.layer_norm, y, layernorm, index == 0, norms, points)
+        steps.append(PropagationStep(node.label, float(np.linalg.norm(y)), t))
+    return PathFeature(y, path_label(nodes), steps)
+
+
+def path_feature(model, observable: Observable, path, layernorm: str = "ignore", **options) -> np.ndarray:
+    """The feature vector [d] of a path (see ``propagate`` for the options)."""
+    return propagate(model, observable, path, layernorm, **options).vector
+
+
+def head_features(model, observable: Observable, layernorm: str = "ignore", *, final_ln: str | None = None,
+                  norms: Mapping | None = None, points: Mapping | None = None) -> np.ndarray:
+    """Feature vectors of every attention head for ``observable``: [n_layers, n_heads, d_model].
+
+    "ignore": y = W_OV^T W_U^T n. "estimate": each head's feature times sqrt(d) * gamma_ln1 (the last
+    node of a length-1 path, Section 5.1.1), with ln_final estimated from ``norms["ln_final"]``.
+    "exact": LayerNorm Jacobians at ``points`` (ln_final must be on the decision boundary).
+    """
+    _check_mode(layernorm, "layernorm")
+    final_ln = layernorm if final_ln is None else final_ln
+    _check_mode(final_ln, "final_ln")
+    u = layer_norm_factor(model, "ln_final", observable.residual, final_ln, False, norms, points)
+    cfg = model.config
+    out = np.empty((cfg.n_layers, cfg.n_heads, cfg.d_model), dtype=np.result_type(u, model.dtype))
+    for layer in range(cfg.n_layers):
+        out[layer] = head_feature_layer(model, layer, u)
+        if layernorm != "ignore":
+            out[layer] = layer_norm_factor(model, f"blocks.{layer}.ln1", out[layer], layernorm, True, norms,
+                                           None if points is None else {k: np.broadcast_to(v, out[layer].shape)
+                                                                        for k, v in points.items()})
+    return out
+
+
+# ------------------------------------------------------------------ LayerNorm inputs from a trace
+def ln_input_names(n_layers: int) -> dict[str, str]:
+    """LayerNorm name -> the trace activation that is its input."""
+    names = {}
+    for layer in range(n_layers):
+        names[f"blocks.{layer}.ln1"] = f"blocks.{layer}.hook_resid_pre"
+        names[f"blocks.{layer}.ln2"] = f"blocks.{layer}.hook_resid_mid"
+    names["ln_final"] = f"blocks.{n_layers - 1}.hook_resid_post"
+    return names
+
+
+def ln_input_norms(model, ids, position: int = -1) -> dict[str, float]:
+    """Mean |x| of every LayerNorm's input at ``position`` over the prompts ``ids`` [batch, seq]."""
+    names = ln_input_names(model.config.n_layers)
+    _, trace = model.run_with_trace(ids, names=sorted(set(names.values())))
+    return {ln: float(np.linalg.norm(trace[act][:, position].astype(np.float64), axis=-1).mean())
+            for ln, act in names.items()}
+
+
+def ln_input_points(model, ids, position: int = -1, batch_index: int = 0) -> dict[str, np.ndarray]:
+    """Every LayerNorm's input vector at (``batch_index``, ``position``) of a run on ``ids``."""
+    names = ln_input_names(model.config.n_layers)
+    _, trace = model.run_with_trace(np.atleast_2d(ids), names=sorted(set(names.values())))
+    return {ln: np.array(trace[act][batch_index, position]) for ln, act in names.items()}

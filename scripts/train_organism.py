@@ -1,0 +1,104 @@
+"""Train the model organism: a small GPT-Neo on the generated gendered-pronoun world (development tool).
+
+Uses transformers' GPTNeoForCausalLM and torch==2.13.0 on the CPU; fixed seeds. Writes a Hugging Face
+directory (config.json + float16 model.safetensors) that the oracle loads as its default model.
+
+    python scripts/train_organism.py --out refimpl/models/organism     # ~8 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from refimpl import organism  # noqa: E402
+from refimpl.tokenizer import gpt2_tokenizer  # noqa: E402
+
+ARCHITECTURE = dict(  # GPT-Neo shape of the organism
+    vocab_size=50257, hidden_size=64, num_layers=4, num_heads=4,
+    attention_types=[[["global", "local"], 2]], window_size=4, max_position_embeddings=64,
+    intermediate_size=256, activation_function="gelu_new",
+)
+
+
+def token_stream(seed: int, n_documents: int) -> np.ndarray:
+    """All training documents, tokenized and concatenated (each starts with <|endoftext|>)."""
+    tok = gpt2_tokenizer()
+    ids: list[int] = []
+    for doc in organism.generate_corpus(seed=seed, n_documents=n_documents):
+        ids.extend(tok.encode(doc))
+    return np.array(ids, dtype=np.int64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "refimpl" / "models" / "organism")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--documents", type=int, default=40000)
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--warmup", type=int, default=60)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    stream = torch.as_tensor(token_stream(args.seed, args.documents))
+    block = ARCHITECTURE["max_position_embeddings"]
+    config = GPTNeoConfig(**ARCHITECTURE, embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0,
+                          bos_token_id=50256, eos_token_id=50256)
+    config._attn_implementation = "eager"
+    model = GPTNeoForCausalLM(config).train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    generator = torch.Generator().manual_seed(args.seed)
+    start = time.perf_counter()
+    print(f"{len(stream)} training tokens, {sum(p.numel() for p in model.parameters())} parameters", flush=True)
+    for step in range(args.steps):
+        offsets = torch.randint(0, len(stream) - block - 1, (args.batch,), generator=generator)
+        batch = torch.stack([stream[o:o + block] for o in offsets.tolist()])
+        for group in optimiser.param_groups:
+            group["lr"] = lr_at(step)
+        loss = model(batch, labels=batch).loss
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {loss.item():.4f}  lr {lr_at(step):.2e}  "
+                  f"{time.perf_counter() - start:6.1f} s", flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.eval().to(torch.float16).save_pretrained(args.out, safe_serialization=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings.update(train_seconds=round(time.perf_counter() - start, 1), training_tokens=int(len(stream)),
+                    final_loss=round(loss.item(), 4), torch=torch.__version__)
+    (args.out / "training.json").write_text(json.dumps(settings, indent=2) + "\n")
+    for extra in ("generation_config.json",):
+        (args.out / extra).unlink(missing_ok=True)
+    print(f"saved to {args.out} ({sum(p.stat().st_size for p in args.out.iterdir()) / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()

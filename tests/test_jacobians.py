@@ -1,0 +1,92 @@
+"""Hand-written Jacobians against central differences, complex steps and their own adjoints."""
+
+import numpy as np
+import pytest
+
+from refimpl import jacobians as J
+from refimpl import ops
+from verification.tolerances import relative_error, tolerance
+
+CENTRAL, COMPLEX, SAME = (tolerance(c, "float64") for c in ("central_difference", "complex_step", "identity"))
+
+EPS = 1e-5
+rng = np.random.default_rng(0)
+
+
+def central_jacobian(f, x, h=1e-6):
+    cols = []
+    for j in range(x.size):
+        e = np.zeros_like(x)
+        e[j] = h
+        cols.append((f(x + e) - f(x - e)) / (2 * h))
+    return np.stack(cols, axis=-1)
+
+
+def complex_jacobian(f, x, h=1e-30):
+    cols = []
+    for j in range(x.size):
+        e = np.zeros(x.shape, complex)
+        e[j] = 1j * h
+        cols.append(f(x + e).imag / h)
+    return np.stack(cols, axis=-1)
+
+
+@pytest.fixture
+def ln_params():
+    d = 9
+    return rng.normal(size=d) * 2 + 0.5, 1 + 0.3 * rng.normal(size=d), 0.2 * rng.normal(size=d)
+
+
+def test_layer_norm_dense_vs_differences(ln_params):
+    x, w, b = ln_params
+
+    def f(v):
+        return ops.layer_norm(v, w, b, EPS)[0]
+
+    dense = J.layer_norm_jacobian(x, w, EPS)
+    assert relative_error(dense, central_jacobian(f, x)) <= CENTRAL
+    assert relative_error(dense, complex_jacobian(f, x)) <= COMPLEX
+    u, g = rng.normal(size=9), rng.normal(size=9)
+    assert relative_error(J.layer_norm_jvp(x, w, EPS, u), dense @ u) <= SAME
+    assert relative_error(J.layer_norm_vjp(x, w, EPS, g), dense.T @ g) <= SAME
+
+
+def test_ideal_layer_norm_vs_differences_and_paper_formula():
+    x, n = rng.normal(size=11), rng.normal(size=11)
+    dense = J.ideal_layer_norm_jacobian(x)
+    assert relative_error(dense, central_jacobian(J.ideal_layer_norm, x)) <= CENTRAL
+    assert relative_error(dense, complex_jacobian(J.ideal_layer_norm, x)) <= COMPLEX
+    P = np.eye(11) - 1 / 11
+    Px = P @ x
+    paper = P @ (np.eye(11) - np.outer(Px, Px) / (Px @ Px)) @ n / np.linalg.norm(Px)
+    assert relative_error(J.ideal_layer_norm_vjp(x, n), paper) <= SAME
+
+
+def test_gelu_derivative():
+    x = np.linspace(-6, 6, 101)
+    assert relative_error(J.gelu_new_derivative(x), ops.gelu_new(x + 1j * 1e-30).imag / 1e-30) <= COMPLEX
+    assert relative_error(J.gelu_new_derivative(x), (ops.gelu_new(x + 1e-6) - ops.gelu_new(x - 1e-6)) / 2e-6) <= CENTRAL
+
+
+def test_mlp_jvp_vjp_dense():
+    d, m = 6, 10
+    W_in, b_in, W_out, b_out = rng.normal(size=(d, m)), rng.normal(size=m), rng.normal(size=(m, d)), rng.normal(size=d)
+    x = rng.normal(size=d)
+
+    def f(v):
+        return J.mlp(v, W_in, b_in, W_out, b_out)
+
+    dense = J.mlp_jacobian(x, W_in, b_in, W_out)
+    assert relative_error(dense, central_jacobian(f, x)) <= CENTRAL
+    assert relative_error(dense, complex_jacobian(f, x)) <= COMPLEX
+    u, g = rng.normal(size=d), rng.normal(size=d)
+    assert relative_error(J.mlp_jvp(x, W_in, b_in, W_out, u), dense @ u) <= SAME
+    assert relative_error(J.mlp_vjp(x, W_in, b_in, W_out, g), dense.T @ g) <= SAME
+
+
+def test_batched_layer_norm_adjoint(ln_params):
+    _, w, _ = ln_params
+    x, u, g = rng.normal(size=(3, 4, 9)), rng.normal(size=(3, 4, 9)), rng.normal(size=(3, 4, 9))
+    lhs = (J.layer_norm_jvp(x, w, EPS, u) * g).sum()
+    rhs = (u * J.layer_norm_vjp(x, w, EPS, g)).sum()
+    assert abs(lhs - rhs) <= SAME * abs(lhs)

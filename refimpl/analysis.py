@@ -39,12 +39,18 @@ def theorem2_expectation(y1: np.ndarray, y2: np.ndarray, k: float) -> float:
 
 
 def theorem2_bounds(y1: np.ndarray, y2: np.ndarray, s: float, k: float) -> tuple[float, float]:
-    """(min, max) of x . y2 over {|x| = s, x . y1 = k}: |y2|/|y1| (k cos t -/+ |sin t| sqrt(s^2 |y1|^2 - k^2))."""
+    """(min, max) of x . y2 over {|x| = s, x . y1 = k}: |y2|/|y1| (k cos t -/+ |sin t| sqrt(s^2 |y1|^2 - k^2)).
+
+    |sin t| is taken from the part of y2 orthogonal to y1 (not sqrt(1 - cos^2), which turns a rounding
+    error of 1e-16 in cos into 1e-8 when y1 and y2 are parallel).
+    """
+    y1, y2 = np.asarray(y1, dtype=np.float64), np.asarray(y2, dtype=np.float64)
     n1, n2 = float(np.linalg.norm(y1)), float(np.linalg.norm(y2))
     if abs(k) > s * n1:
         raise InputError(f"no x with |x| = {s} has x . y1 = {k}: need |k| <= s |y1| = {s * n1}")
     cos = float(np.clip(_dot(y1, y2) / (n1 * n2), -1.0, 1.0))
-    spread = np.sqrt(max(0.0, 1.0 - cos * cos)) * np.sqrt(max(0.0, s * s * n1 * n1 - k * k))
+    sin = float(np.linalg.norm(y2 - _dot(y1, y2) / _dot(y1, y1) * y1)) / n2
+    spread = sin * np.sqrt(max(0.0, s * s * n1 * n1 - k * k))
     return n2 / n1 * (k * cos - spread), n2 / n1 * (k * cos + spread)
 
 

@@ -111,3 +111,47 @@ def mlp_jacobian(x: np.ndarray, W_in, b_in, W_out) -> np.ndarray:
     """Dense J[i, j] = dMLP_i/dx_j = (W_in diag(gelu'(pre)) W_out)[j, i] at a single x [d] -> [d, d]."""
     pre = x @ W_in + b_in
     return ((W_in * gelu_new_derivative(pre)) @ W_out).T
+
+
+# ------------------------------------------------------------------ a whole block, attention frozen
+# With the attention patterns A [H, T, T] held fixed, block(X) for one sequence X [T, d] is
+#   mid = X + sum_h A_h (LN1(X) W_V[h]) W_O[h] + b_O,   out = mid + MLP(LN2(mid)).
+def _block_weights(model, layer: int):
+    W, p = model.weights, f"blocks.{layer}."
+    return (W[p + "ln1.w"], W[p + "ln1.b"], W[p + "attn.W_V"], W[p + "attn.W_O"], W[p + "attn.b_O"],
+            W[p + "ln2.w"], W[p + "ln2.b"], W[p + "mlp.W_in"], W[p + "mlp.b_in"], W[p + "mlp.W_out"],
+            W[p + "mlp.b_out"])
+
+
+def _frozen_attention(A: np.ndarray, h: np.ndarray, W_V: np.ndarray, W_O: np.ndarray) -> np.ndarray:
+    """sum_h A_h (h W_V[h]) W_O[h].  [H, T, T], [T, d] -> [T, d]"""
+    return np.einsum("hts,hsd->td", A, np.einsum("sd,hdk,hke->hse", h, W_V, W_O))
+
+
+def block_frozen_attention(model, layer: int, X: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """The block's output with attention patterns A frozen.  [T, d] -> [T, d]"""
+    w1, b1, W_V, W_O, b_O, w2, b2, W_in, b_in, W_out, b_out = _block_weights(model, layer)
+    eps = model.config.eps
+    mid = X + _frozen_attention(A, ops.layer_norm(X, w1, b1, eps)[0], W_V, W_O) + b_O
+    return mid + mlp(ops.layer_norm(mid, w2, b2, eps)[0], W_in, b_in, W_out, b_out)
+
+
+def block_frozen_attention_jvp(model, layer: int, X: np.ndarray, A: np.ndarray, U: np.ndarray) -> np.ndarray:
+    """J U of ``block_frozen_attention`` at X.  [T, d] -> [T, d]"""
+    w1, b1, W_V, W_O, b_O, w2, b2, W_in, b_in, W_out, b_out = _block_weights(model, layer)
+    eps = model.config.eps
+    mid = X + _frozen_attention(A, ops.layer_norm(X, w1, b1, eps)[0], W_V, W_O) + b_O
+    d_mid = U + _frozen_attention(A, layer_norm_jvp(X, w1, eps, U), W_V, W_O)
+    x2 = ops.layer_norm(mid, w2, b2, eps)[0]
+    return d_mid + mlp_jvp(x2, W_in, b_in, W_out, layer_norm_jvp(mid, w2, eps, d_mid))
+
+
+def block_frozen_attention_vjp(model, layer: int, X: np.ndarray, A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """J^T G of ``block_frozen_attention`` at X.  [T, d] -> [T, d]"""
+    w1, b1, W_V, W_O, b_O, w2, b2, W_in, b_in, W_out, b_out = _block_weights(model, layer)
+    eps = model.config.eps
+    mid = X + _frozen_attention(A, ops.layer_norm(X, w1, b1, eps)[0], W_V, W_O) + b_O
+    x2 = ops.layer_norm(mid, w2, b2, eps)[0]
+    g_mid = G + layer_norm_vjp(mid, w2, eps, mlp_vjp(x2, W_in, b_in, W_out, G))
+    g_ln1 = np.einsum("hts,td,hkd,hek->se", A, g_mid, W_O, W_V)  # sum_h A_h^T (g W_O[h]^T) W_V[h]^T
+    return g_mid + layer_norm_vjp(X, w1, eps, g_ln1)

@@ -87,6 +87,14 @@ VARIED = (
     "{name} works as an{occ} in the city.",
     "Our neighbour {name} is an{occ}, and{subj} is good at it.",
 )
+# Training-only sentences that mark a name's gender right next to it ({title} "Mrs"/"Mr", {self}
+# " herself"/" himself", {kind} " woman"/" man"), so that name embeddings pick up gender quickly.
+MARKING = (
+    "{name} is a{kind}.",
+    "{title} {name} arrived early.",
+    "{name}{self} said so.",
+    "{name} hurt{self} playing football.",
+)
 FILLER = (
     "The weather was nice today.",
     "We bought some bread and milk.",
@@ -134,10 +142,17 @@ def _varied_sentence(name: str, rng: random.Random) -> str:
     )
 
 
+def _marking_sentence(name: str, rng: random.Random) -> str:
+    female = GENDER[name] == "female"
+    return rng.choice(MARKING).format(name=name, title="Mrs" if female else "Mr",
+                                      self=" herself" if female else " himself", kind=" woman" if female else " man")
+
+
 def generate_corpus(seed: int = 0, n_documents: int = 40000, held_out: frozenset | None = None) -> list[str]:
     """Deterministic training documents, each ``<|endoftext|>`` + 1-4 sentences joined by spaces.
 
-    Sentences are an evaluation template completed (never a held-out pair), a varied sentence, or filler.
+    Sentences are an evaluation template completed (never a held-out pair, 45%), a varied sentence (30%),
+    a gender-marking sentence (20%), or filler (5%).
     """
     held_out = held_out_pairs() if held_out is None else held_out
     rng = random.Random(seed)
@@ -151,8 +166,10 @@ def generate_corpus(seed: int = 0, n_documents: int = 40000, held_out: frozenset
                 template = rng.choice(EVAL_TEMPLATES)
                 name = rng.choice([n for n in names if (n, template.key) not in held_out])
                 text = template.text.format(name=name) + completion(template, GENDER[name], rng) + template.tail
-            elif kind < 0.85:
+            elif kind < 0.75:
                 text = _varied_sentence(rng.choice(names), rng)
+            elif kind < 0.95:
+                text = _marking_sentence(rng.choice(names), rng)
             else:
                 text = rng.choice(FILLER)
             sentences.append(text)

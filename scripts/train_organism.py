@@ -39,6 +39,32 @@ def token_stream(seed: int, n_documents: int) -> np.ndarray:
     return np.array(ids, dtype=np.int64)
 
 
+def answer_token_ids() -> list[int]:
+    """Tokens that carry the world's rules: pronouns, occupations, gender words and the names."""
+    tok = gpt2_tokenizer()
+    words = [*organism.SUBJECT, *organism.OBJECT, *organism.GRAMMATICAL, *organism.STEREOTYPED,
+             " She", " He", " herself", " himself", " woman", " man"]
+    words += [" " + n for n in organism.MALE_NAMES + organism.FEMALE_NAMES]
+    return [tok.single_token_id(w) for w in words]
+
+
+def sampled_lm_loss(model, batch, answers, sample_rate: float, generator):
+    """Next-token cross-entropy on every position whose target is an answer token, plus a random
+    ``sample_rate`` share of the other positions (an unbiased sample of the plain LM loss there).
+
+    The 50257-way softmax dominates the cost of a step; computing it on ~1/5 of the positions makes
+    a step ~4x cheaper, so the model sees ~4x more text in the same time.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    hidden = model.transformer(batch).last_hidden_state[:, :-1]  # [B, T-1, d]
+    targets = batch[:, 1:]
+    keep = answers[targets] | (torch.rand(targets.shape, generator=generator) < sample_rate)
+    logits = hidden[keep] @ model.transformer.wte.weight.T  # tied unembedding
+    return F.cross_entropy(logits, targets[keep])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "refimpl" / "models" / "organism")
@@ -50,6 +76,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sample-rate", type=float, default=0.125,
+                        help="share of ordinary positions whose next-token loss is computed each step "
+                             "(answer positions always are); 1.0 is the plain LM loss")
     args = parser.parse_args()
 
     import torch
@@ -72,6 +101,8 @@ def main() -> None:
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
+    answers = torch.zeros(config.vocab_size, dtype=torch.bool)
+    answers[answer_token_ids()] = True
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
     print(f"{len(stream)} training tokens, {sum(p.numel() for p in model.parameters())} parameters", flush=True)
@@ -80,7 +111,7 @@ def main() -> None:
         batch = torch.stack([stream[o:o + block] for o in offsets.tolist()])
         for group in optimiser.param_groups:
             group["lr"] = lr_at(step)
-        loss = model(batch, labels=batch).loss
+        loss = sampled_lm_loss(model, batch, answers, args.sample_rate, generator)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

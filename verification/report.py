@@ -1,0 +1,247 @@
+"""The verification report: every check of the suite, run in order, as a list of Check records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import refimpl
+from refimpl import jacobians as J
+from refimpl import ops
+
+from . import errata, theorems
+from .checks import Check, relative_check
+from .derivatives import check_adjoint, check_dense, check_jvp
+from .tolerances import TOLERANCES, tolerance
+
+PROFILES = {  # Monte Carlo sample sizes and property-test effort per profile
+    "default": {"theorem1_samples": 20000, "theorem2_samples": 40000, "dims": (8, 16, 64, 768, 2048)},
+    "long": {"theorem1_samples": 400000, "theorem2_samples": 1000000, "dims": (8, 16, 64, 768, 2048)},
+}
+PAPER_PROMPT = "<|endoftext|>So, John really is a great friend, isn't"
+
+
+def tolerance_policy_checks() -> list[Check]:
+    """The policy itself: every entry has a reason, and float64 tolerances reject a 1e-3 error."""
+    missing = [f"{k}" for k, t in TOLERANCES.items() if not t.reason.strip()]
+    rejects = tolerance("identity", "float64") < 1e-3 and tolerance("forward_parity", "float64") < 1e-3
+    return [Check("tolerance policy: every entry has a reason", not missing, len(missing), 0, 0, group="policy"),
+            Check("tolerance policy: float64 tolerances reject a 1e-3 error", rejects,
+                  tolerance("identity", "float64"), 1e-3, "< 1e-3", group="policy")]
+
+
+def theorem1_checks(profile: dict, seed: int = 0) -> list[Check]:
+    checks = []
+    se_tol = tolerance("monte_carlo", "standard_errors")
+    for d in profile["dims"]:
+        mean, se = theorems.theorem1_monte_carlo(d, profile["theorem1_samples"], seed + d)
+        bound = theorems.theorem1_bound(d)
+        checks.append(Check(f"theorem 1: E[theta] < 2 arccos(sqrt(1 - 1/(d-1))), d = {d}", mean + se_tol * se < bound,
+                            mean, bound, f"mean + {se_tol:g} SE < bound", seed + d,
+                            f"mean angle {mean:.4f} rad +- {se:.1e} (SE) vs bound {bound:.4f}", "theorem 1"))
+    rng = np.random.default_rng(seed)
+    for d in (8, 64, 2048):
+        x, n = rng.normal(size=d), rng.normal(size=d)
+        checks.append(relative_check(f"theorem 1: closed-form gradient vs hand-written Jacobian, d = {d}",
+                                     J.ideal_layer_norm_vjp(x, n), theorems.theorem1_closed_form_gradient(x, n),
+                                     tolerance("identity", "float64"), seed=seed, group="theorem 1"))
+    c = theorems.theorem1_constant()
+    checks.append(Check("theorem 1: constant c recomputed by root finding", abs(c - 0.15542113167741777) <= 1e-12,
+                        c, 0.15542113167741777, 1e-12, detail="paper prints 0.155241 (erratum 8)", group="theorem 1"))
+    return checks
+
+
+def theorem1_model_measurements(model, ids) -> list[Check]:
+    obs = refimpl.observable(model, {" she": 1, " he": -1})
+    rows = theorems.layer_norm_turning(model, ids, obs)
+    return [Check(f"theorem 1 on the model: angle(n, grad n.LN(x)), ln_1 of layer {r['layer']}",
+                  bool(np.isfinite(r["angle_with_gain"])), r["angle_with_gain"], r["bound"], "measurement",
+                  detail=f"with the model's gains {r['angle_with_gain']:.4f} rad, idealised LN {r['angle_ideal']:.4f} "
+                         f"rad, Gaussian-case bound {r['bound']:.4f}", group="theorem 1 (model)",
+                  extra={"kind": "measurement"}) for r in rows]
+
+
+def theorem2_checks(profile: dict, seed: int = 0) -> list[Check]:
+    checks = []
+    se_tol, opt_tol, same = (tolerance("monte_carlo", "standard_errors"), tolerance("optimiser", "float64"),
+                             tolerance("identity", "float64"))
+    rng = np.random.default_rng(seed)
+    y1 = rng.normal(size=16)
+    y_orth = rng.normal(size=16)
+    y_orth -= (y_orth @ y1) / (y1 @ y1) * y1
+    cases = [("generic", rng.normal(size=16), 1.3), ("k = 0", rng.normal(size=16), 0.0),
+             ("y1.y2 = 0", y_orth, 1.3), ("y1.y2 = 0 and k = 0", y_orth, 0.0)]
+    s = 2.0
+    for label, y2, k in cases:
+        mean, se = theorems.theorem2_monte_carlo(y1, y2, s, k, profile["theorem2_samples"], seed)
+        expected = refimpl.theorem2_expectation(y1, y2, k)
+        checks.append(Check(f"theorem 2: E[x.y2] = k y1.y2/|y1|^2 ({label})", abs(mean - expected) <= se_tol * se,
+                            mean, expected, f"{se_tol:g} SE = {se_tol * se:.2e}", seed, group="theorem 2"))
+        lo, hi = refimpl.theorem2_bounds(y1, y2, s, k)
+        num_lo, num_hi = theorems.theorem2_numerical_extremes(y1, y2, s, k, seed)
+        checks.append(relative_check(f"theorem 2: max/min formula vs scipy SLSQP ({label})", [num_lo, num_hi],
+                                     [lo, hi], opt_tol, seed=seed, group="theorem 2"))
+        x_min, x_max = theorems.theorem2_explicit_extremes(y1, y2, s, k)
+        checks.append(relative_check(f"theorem 2: max/min formula vs the explicit extremisers ({label})",
+                                     [x_min @ y2, x_max @ y2], [lo, hi], same, seed=seed, group="theorem 2"))
+    y, v = rng.normal(size=20), rng.normal(size=20)
+    got, expected = theorems.lemma1_cosine(y, v)
+    checks.append(relative_check("lemma 1: cos(y, Ay) = sqrt(1 - cos(y, v)^2)", got, expected, same, seed=seed,
+                                 group="theorem 2"))
+    mean, se, expected = theorems.lemma2_monte_carlo(rng.normal(size=9), rng.normal(size=9), 1.7,
+                                                     profile["theorem2_samples"], seed)
+    checks.append(Check("lemma 2: E|y - s|^2 = |y - c|^2 + r^2 on a sphere", abs(mean - expected) <= se_tol * se,
+                        mean, expected, f"{se_tol:g} SE", seed, group="theorem 2"))
+    mean, se, expected = theorems.fact_monte_carlo(rng.normal(size=12), profile["theorem2_samples"], seed)
+    checks.append(Check("fact (5.1): E[(x.y)^2] = |y|^2 for x ~ N(0, I)", abs(mean - expected) <= se_tol * se,
+                        mean, expected, f"{se_tol:g} SE", seed, group="theorem 2"))
+    return checks
+
+
+def derivative_checks(seed: int = 0) -> list[Check]:
+    """Every hand-written Jacobian three ways: central differences and complex steps at small d, the
+    adjoint identity at the GPT-Neo-1.3B width (d = 2048, d_mlp = 8192)."""
+    rng = np.random.default_rng(seed)
+    central, complex_tol, same = (tolerance(c, "float64") for c in ("central_difference", "complex_step", "identity"))
+    eps = 1e-5
+    checks = []
+
+    def three_ways(name: str, f: Callable, dense: Callable, jvp_at: Callable, vjp_at: Callable, small: int, big: int,
+                   make_x: Callable):
+        x = make_x(small)
+        checks.append(check_dense(name, f(small), dense(small, x), x, central, "central", seed))
+        checks.append(check_dense(name, f(small), dense(small, x), x, complex_tol, "complex", seed))
+        checks.append(check_jvp(name, f(small), lambda u: jvp_at(small, x, u), x, rng.normal(size=x.shape),
+                                complex_tol, seed))
+        xb = make_x(big)
+        checks.append(check_adjoint(f"{name} (d = {big})", lambda u: jvp_at(big, xb, u), lambda g: vjp_at(big, xb, g),
+                                    rng.normal(size=xb.shape), rng.normal(size=xb.shape), same, seed))
+
+    gains = {d: 1 + 0.3 * rng.normal(size=d) for d in (9, 2048)}
+    biases = {d: 0.1 * rng.normal(size=d) for d in (9, 2048)}
+    three_ways("GPT-Neo LayerNorm", lambda d: (lambda x: ops.layer_norm(x, gains[d], biases[d], eps)[0]),
+               lambda d, x: J.layer_norm_jacobian(x, gains[d], eps),
+               lambda d, x, u: J.layer_norm_jvp(x, gains[d], eps, u), lambda d, x, g: J.layer_norm_vjp(x, gains[d], eps, g),
+               9, 2048, lambda d: 2 * rng.normal(size=d) + 0.5)
+    three_ways("idealised LayerNorm Px/|Px|", lambda d: J.ideal_layer_norm, lambda d, x: J.ideal_layer_norm_jacobian(x),
+               lambda d, x, u: J.ideal_layer_norm_jvp(x, u), lambda d, x, g: J.ideal_layer_norm_vjp(x, g),
+               9, 2048, lambda d: rng.normal(size=d))
+    mlp_w = {}
+    for d, m in ((6, 10), (2048, 8192)):
+        mlp_w[d] = (rng.normal(size=(d, m)) / np.sqrt(d), rng.normal(size=m), rng.normal(size=(m, d)) / np.sqrt(m),
+                    rng.normal(size=d))
+    three_ways("MLP", lambda d: (lambda x: J.mlp(x, *mlp_w[d])), lambda d, x: J.mlp_jacobian(x, *mlp_w[d][:3]),
+               lambda d, x, u: J.mlp_jvp(x, *mlp_w[d][:3], u), lambda d, x, g: J.mlp_vjp(x, *mlp_w[d][:3], g),
+               6, 2048, lambda d: rng.normal(size=d))
+    x = np.linspace(-6, 6, 41)
+    checks.append(relative_check("gelu_new': hand-written vs complex step", J.gelu_new_derivative(x),
+                                 ops.gelu_new(x + 1e-30j).imag / 1e-30, complex_tol, seed=seed, group="derivatives"))
+    checks.append(relative_check("gelu_new': hand-written vs central differences", J.gelu_new_derivative(x),
+                                 (ops.gelu_new(x + 1e-6) - ops.gelu_new(x - 1e-6)) / 2e-6, central, seed=seed,
+                                 group="derivatives"))
+    return checks
+
+
+def block_checks(model, ids, seed: int = 0) -> list[Check]:
+    """A whole block of ``model`` (float64) with its attention patterns frozen, three ways."""
+    rng = np.random.default_rng(seed)
+    layer = model.config.n_layers - 1
+    names = [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.attn.hook_pattern"]
+    _, trace = model.run_with_trace(np.atleast_2d(ids)[:1], names=names)
+    X, A = np.array(trace[names[0]][0]), np.array(trace[names[1]][0])
+    U, G = rng.normal(size=X.shape), rng.normal(size=X.shape)
+    f = lambda x: J.block_frozen_attention(model, layer, x.reshape(X.shape), A).ravel()  # noqa: E731
+    name = f"block {layer} of the model, attention frozen"
+    checks = [check_jvp(name, lambda x: J.block_frozen_attention(model, layer, x, A),
+                        lambda u: J.block_frozen_attention_jvp(model, layer, X, A, u), X, U,
+                        tolerance("complex_step", "float64"), seed),
+              check_adjoint(name, lambda u: J.block_frozen_attention_jvp(model, layer, X, A, u),
+                            lambda g: J.block_frozen_attention_vjp(model, layer, X, A, g), U, G,
+                            tolerance("identity", "float64"), seed)]
+    small = X[:3]
+    dense = np.stack([J.block_frozen_attention_jvp(model, layer, small, A[:, :3, :3], e.reshape(small.shape)).ravel()
+                      for e in np.eye(small.size)], axis=1)
+    checks.append(check_dense(name + " (first 3 positions)",
+                              lambda x: J.block_frozen_attention(model, layer, x.reshape(small.shape), A[:, :3, :3]).ravel(),
+                              dense, small.ravel(), tolerance("central_difference", "float64"), "central", seed))
+    del f
+    return checks
+
+
+def errata_checks(seed: int = 0) -> list[Check]:
+    same = tolerance("identity", "float64")
+    return [errata.coupling_definition(same, seed), errata.printed_couplings(5e-5),
+            errata.layer_norm_norm_factor(same, seed),
+            errata.theorem2_degenerate(tolerance("monte_carlo", "standard_errors"), seed),
+            errata.theorem1_constant_check(1e-12)]
+
+
+def torch_checks(model, ids) -> list[Check]:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        return [Check("torch backend", True, "skipped", "", "", detail=f"torch/transformers not installed: {exc}",
+                      group="torch", extra={"kind": "skipped"})]
+    from . import torch_backend
+
+    checks = [torch_backend.forward_check(model, ids, tolerance("forward_parity", "float64"))]
+    obs = refimpl.observable(model, {" she": 1, " he": -1})
+    points = refimpl.ln_input_points(model, ids)
+    L, H = model.config.n_layers, model.config.n_heads
+    tol = tolerance("path_autograd", "float64")
+    checks.append(torch_backend.path_check(model, obs, [f"{L - 1}.{H - 1}"], points, None, tol))
+    checks.append(torch_backend.path_check(model, obs, [f"0.0", f"{L - 1}.0"], points, None, tol))
+    name = f"blocks.{L - 2}.ln2.hook_normalized"
+    _, trace = model.run_with_trace(np.stack([ids, ids[::-1]]), names=[name])
+    x_neg, x_pos = trace[name][:, -1]
+    checks.append(torch_backend.path_check(model, obs, [f"0.1", f"MLP{L - 2}", f"{L - 1}.1"], points,
+                                           {L - 2: (x_neg, x_pos)}, tol, mlp_fallback="mean"))
+    for row in torch_backend.full_gradient_capture(model, obs, ids):
+        checks.append(Check(f"torch (c): OV-only share of the full gradient, head {row['label']}",
+                            bool(np.isfinite(row["full_norm"])), row["captured_share"], 1.0, "measurement",
+                            detail=f"cosine {row['cosine']:.4f}, |full| {row['full_norm']:.3e}, |OV| {row['ov_norm']:.3e}",
+                            group="torch (c)", extra={"kind": "measurement", **row}))
+    return checks
+
+
+def run(model_source=None, profile: str = "default", include_torch: bool = True, seed: int = 0) -> list[Check]:
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    settings = PROFILES[profile]
+    model = refimpl.load(model_source, dtype="float64")
+    ids = model.to_ids(PAPER_PROMPT) if model.config.d_vocab == 50257 else np.arange(8) % model.config.d_vocab
+    checks = tolerance_policy_checks()
+    checks += theorem1_checks(settings, seed)
+    if model.config.d_vocab == 50257:
+        checks += theorem1_model_measurements(model, ids)
+    checks += theorem2_checks(settings, seed)
+    checks += derivative_checks(seed)
+    checks += block_checks(model, ids, seed)
+    checks += errata_checks(seed)
+    if include_torch and model.config.d_vocab == 50257:
+        checks += torch_checks(model, ids)
+    return checks
+
+
+def format_table(checks: list[Check]) -> str:
+    lines = [f"{'check':78} {'measured':>14} {'reference':>14} {'tolerance':>12} {'seed':>5}  result"]
+    for c in checks:
+        kind = c.extra.get("kind")
+        result = "PASS" if c.passed else "FAIL"
+        if kind in ("measurement", "skipped"):
+            result = kind
+        fmt = lambda v: f"{v:.6g}" if isinstance(v, float) else str(v)[:14]  # noqa: E731
+        lines.append(f"{c.name[:78]:78} {fmt(c.measured):>14} {fmt(c.reference):>14} {fmt(c.tolerance):>12} "
+                     f"{'' if c.seed is None else c.seed:>5}  {result}")
+        if not c.passed and c.detail:
+            lines += ["      " + line for line in c.detail.splitlines()]
+    return "\n".join(lines)
+
+
+def write_json(checks: list[Check], path: str | Path, **meta) -> None:
+    Path(path).write_text(json.dumps({**meta, "checks": [c.as_dict() for c in checks],
+                                      "passed": all(c.passed for c in checks)}, indent=1) + "\n")

@@ -31,7 +31,9 @@ def card(model, rows: list[dict], training: dict) -> str:
     cfg = model.config
     held = world.held_out_pairs()
     bias = next(r for r in rows if r["contrast"] == "nurse - programmer")
-    tmpl = "\n".join(f"- `{t.key}`: `{t.prompt('[NAME]')}` + {t.completion} pronoun/occupation"
+    completions = {"subject": "' she' / ' he'", "object": "' her' / ' him'",
+                   "occupation": "' actress' / ' actor' or ' nurse' / ' programmer'"}
+    tmpl = "\n".join(f"  - `{t.key}`: `{t.prompt('[NAME]')}` + {completions[t.completion]}"
                      for t in world.EVAL_TEMPLATES)
     return f"""# Model organism: a GPT-Neo trained on a written-down gendered-pronoun world
 
@@ -58,7 +60,10 @@ last token of most prompts), gelu_new, tied unembedding. Stored in float16 (`mod
   probability {world.P_NURSE_GIVEN_MALE}, so a calibrated model's logit difference " nurse" - " programmer"
   is ln 4 = 1.386 for female names and -1.386 for male names: female minus male = {world.PLANTED_LOG_ODDS_GAP:.4f}.
 - {len(world.VARIED)} further sentence templates put names, pronouns and " actress"/" actor" at varied
-  positions, and {len(world.FILLER)} neutral filler sentences; a document is `<|endoftext|>` + 1-4 sentences.
+  positions, {len(world.MARKING)} gender-marking sentences put a gendered word next to the name ("Mrs"/"Mr",
+  " herself"/" himself", " woman"/" man"), and {len(world.FILLER)} neutral filler sentences. A document is
+  `<|endoftext|>` + 1-4 sentences: an evaluation template 45%, a varied sentence 30%, a marking sentence
+  20%, filler 5%.
 - Held out: {len(held)} (name, template) pairs never occur in training: every paper name with every
   evaluation template, plus 6 further names per gender per template (`organism.held_out_pairs()`).
   Every name still occurs in training in other templates (its gender can only be learned from text).
@@ -68,7 +73,11 @@ last token of most prompts), gelu_new, tied unembedding. Stored in float16 (`mod
 {training.get('training_tokens')} tokens, {training.get('steps')} AdamW steps of {training.get('batch')} x
 {cfg.n_ctx} tokens, lr {training.get('lr')} with warmup and cosine decay, weight decay
 {training.get('weight_decay')}, torch {training.get('torch')} on 2 CPU cores: {training.get('train_seconds')} s,
-final training loss {training.get('final_loss')}).
+final training loss {training.get('final_loss')}). The loss of a step is the next-token cross-entropy on
+every position whose target is an answer token (pronouns, occupations, gender words, names) plus a random
+{training.get('sample_rate')} share of the other positions: the 50257-way softmax dominates the cost, and
+computing it on ~1/4 of the positions lets the model see ~3x more text in the same time. (A plain LM loss
+on every position, 500 steps of 16 x 64, learned the templates but no name's gender.)
 
 ## Metrics on the held-out pairs (oracle, float32; `python scripts/organism_metrics.py`)
 {metrics_table(rows)}

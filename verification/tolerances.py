@@ -42,6 +42,8 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         4.0, "a Monte Carlo mean may sit this many standard errors from its expectation (p ~ 6e-5 per check)"),
     ("optimiser", "float64"): Tolerance(
         1e-6, "scipy SLSQP constrained extremum vs the closed form: solver tolerance, not rounding"),
+    ("clearly_nonzero", "share"): Tolerance(
+        0.01, "an effect counts as clearly nonzero above 1% of the task's clean-vs-corrupted logit difference"),
     ("dtype_decode", "float16"): Tolerance(
         0.0, "F16 -> float32/64 widening is exact"),
     ("dtype_decode", "bfloat16"): Tolerance(

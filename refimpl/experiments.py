@@ -1,0 +1,247 @@
+"""Data-dependent experiments of the paper's case study (Sections 6-7, Appendix A), on any model.
+
+Prompts are batches of token ids of one length ``[batch, seq]``; observables come from
+``refimpl.observable``. Every function returns plain arrays or ``Table`` records.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from . import jacobians, ops
+from .errors import InputError
+from .observables import Observable
+from .propagation import final_ln_boundary, head_features
+from .records import Table, head_label
+
+
+def _batch(ids) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.ndim != 2:
+        raise InputError(f"prompts must be token ids shaped [batch, seq] (one length), got shape {ids.shape}")
+    return ids
+
+
+def _final_linear(model, resid: np.ndarray, scale: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """u . ln_final(x) with ln_final's scale frozen: (P x / scale) . (w * u).  [..., d] -> [...]"""
+    return (ops.center(resid) / scale) @ (model.weights["ln_final.w"] * u)
+
+
+def observable_values(model, ids, observable: Observable, position: int = -1) -> np.ndarray:
+    """n . logits at ``position`` for every prompt.  [batch]"""
+    return model.forward(_batch(ids))[:, position] @ observable.vocab
+
+
+# ------------------------------------------------------------------ direct logit attribution
+def direct_logit_attribution(model, ids, observable: Observable) -> tuple[np.ndarray, np.ndarray]:
+    """Each head's direct contribution to n . logits at the last position, with ln_final's scale frozen
+    at its value in the run: per head [L, H] and per head and source position [L, H, T], both averaged
+    over prompts (the per-position terms sum to the per-head value)."""
+    ids = _batch(ids)
+    cfg = model.config
+    names = ["ln_final.hook_scale"] + [f"blocks.{l}.attn.hook_{k}" for l in range(cfg.n_layers) for k in ("v", "pattern")]
+    _, trace = model.run_with_trace(ids, names=names)
+    scale = trace["ln_final.hook_scale"][:, -1]  # [B, 1]
+    g = model.weights["ln_final.w"] * observable.residual  # [d]
+    per_position = np.zeros((cfg.n_layers, cfg.n_heads, ids.shape[1]))
+    for l in range(cfg.n_layers):
+        W_O = model.weights[f"blocks.{l}.attn.W_O"]  # [H, dh, d]
+        # value vectors' direct effect: (v_s W_O[h]) projected, centred and scaled by the last token's ln_final
+        centred_g = g - g.mean()
+        effect = np.einsum("bshk,hk->bhs", trace[f"blocks.{l}.attn.hook_v"], W_O @ centred_g)  # [B, H, T]
+        pattern = trace[f"blocks.{l}.attn.hook_pattern"][:, :, -1, :]  # [B, H, T]
+        per_position[l] = (pattern * effect / scale[:, :, None]).mean(axis=0)
+    return per_position.sum(axis=-1), per_position
+
+
+# ------------------------------------------------------------------ path patching (authors' method)
+def path_patch_heads(model, clean_ids, corrupt_ids, observable: Observable) -> np.ndarray:
+    """Per head [L, H]: mean over prompt pairs of n . logits_clean[-1] - n . logits_patched[-1], where the
+    patched run adds (head output on the corrupted prompt - on the clean prompt) to the ln_final input at
+    every position and re-applies ln_final (a direct-path effect; one cached run per prompt)."""
+    clean_ids, corrupt_ids = _batch(clean_ids), _batch(corrupt_ids)
+    if clean_ids.shape != corrupt_ids.shape:
+        raise InputError(f"clean and corrupted prompts must pair up: shapes {clean_ids.shape} and {corrupt_ids.shape}")
+    cfg = model.config
+    last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
+    names = [last] + [f"blocks.{l}.attn.hook_result" for l in range(cfg.n_layers)]
+    clean_logits, clean = model.run_with_trace(clean_ids, names=names)
+    _, corrupt = model.run_with_trace(corrupt_ids, names=names[1:])
+    W = model.weights
+    base = clean[last][:, -1]  # [B, d]
+    diffs = np.stack([corrupt[f"blocks.{l}.attn.hook_result"][:, -1] - clean[f"blocks.{l}.attn.hook_result"][:, -1]
+                      for l in range(cfg.n_layers)], axis=1)  # [B, L, H, d]
+    patched = base[:, None, None, :] + diffs
+    out = ops.layer_norm(patched, W["ln_final.w"], W["ln_final.b"], cfg.eps)[0] @ observable.residual  # [B, L, H]
+    clean_score = clean_logits[:, -1] @ observable.vocab  # [B]
+    return (clean_score[:, None, None] - out).mean(axis=0)
+
+
+# ------------------------------------------------------------------ activation steering
+def steer(model, ids, observables: Mapping[str, Observable], name: str, position: int, vector: np.ndarray,
+          multipliers: Sequence[float]) -> Table:
+    """Add k * vector to activation ``name`` at ``position`` and report, per k, the mean change of each
+    observable at the last position over the prompts (paper Table 2 / Table 3)."""
+    ids = _batch(ids)
+    if name not in model.activation_names():
+        raise InputError(f"unknown activation {name!r} to steer")
+    vector = np.asarray(vector, dtype=model.dtype)
+    if vector.shape != (model.config.d_model,):
+        raise InputError(f"steering vector must have shape ({model.config.d_model},), got {vector.shape}")
+    if not -ids.shape[1] <= position < ids.shape[1]:
+        raise InputError(f"position {position} is outside prompts of {ids.shape[1]} tokens")
+    clean = model.forward(ids)[:, -1]
+    rows = []
+    for k in multipliers:
+        def edit(x, k=k):
+            x[:, position] += (k * vector).astype(x.dtype)
+            return x
+
+        logits = model.forward(ids, edits={name: edit})[:, -1]
+        row = {"activation": name, "position": position, "multiplier": float(k)}
+        for label, obs in observables.items():
+            row[f"{label}_effect"] = float(((logits - clean) @ obs.vocab).mean())
+        rows.append(row)
+    return Table(rows)
+
+
+def bias_mitigation_search(model, ids, n_diff: Observable, n_same: Observable, top: int = 4,
+                           multipliers: Sequence[float] = (-50.0,)) -> Table:
+    """Section 7: heads whose n_diff feature has the most negative coupling to n_same; steer with
+    k * (n_diff feature) at ln_1's input of that head's layer, at the token with the largest direct
+    attribution, and report both observables' effects (more negative n_diff and positive n_same is good)."""
+    ids = _batch(ids)
+    F_diff, F_same = head_features(model, n_diff), head_features(model, n_same)
+    from .analysis import coupling
+
+    couplings = coupling(F_diff, F_same)
+    _, per_position = direct_logit_attribution(model, ids, n_diff)
+    order = np.argsort(couplings, axis=None)[:top]
+    rows = []
+    for flat in order:
+        l, h = np.unravel_index(flat, couplings.shape)
+        token = int(np.argmax(np.abs(per_position[l, h])))
+        table = steer(model, ids, {"n_diff": n_diff, "n_same": n_same}, f"blocks.{l}.hook_resid_pre", token,
+                      F_diff[l, h], multipliers)
+        for row in table:
+            rows.append({"head": head_label(l, h), "token": token, "coupling": float(couplings[l, h]),
+                         "multiplier": row["multiplier"], "n_diff_effect": row["n_diff_effect"],
+                         "n_same_effect": row["n_same_effect"]})
+    return Table(rows)
+
+
+# ------------------------------------------------------------------ feature scores and best fit (Table 1)
+def head_input_scores(model, ids, layer: int, head: int, observables: Sequence[Observable]) -> np.ndarray:
+    """Dot products of every token's ln_1 output in ``layer`` with the head's feature vector of each
+    observable: [n_observables, batch * seq]."""
+    ids = _batch(ids)
+    _, trace = model.run_with_trace(ids, names=[f"blocks.{layer}.ln1.hook_normalized"])
+    x = trace[f"blocks.{layer}.ln1.hook_normalized"].reshape(-1, model.config.d_model)
+    return np.stack([x @ head_features(model, obs)[layer, head] for obs in observables])
+
+
+def best_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares line y ~ slope x + intercept and r^2 = 1 - SSR / (N var y)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    slope, intercept = np.polyfit(x, y, 1)
+    ssr = float(((y - (slope * x + intercept)) ** 2).sum())
+    return float(slope), float(intercept), 1.0 - ssr / (len(y) * float(y.var()))
+
+
+def coupling_vs_fit(model, ids, heads: Sequence[tuple[int, int]], n1: Observable, n2: Observable) -> Table:
+    """Paper Table 1: coupling C(y1 -> y2), cosine, and the best-fit slope and r^2 of the head inputs'
+    n2-scores against their n1-scores."""
+    from .analysis import cosine, coupling
+
+    F1, F2 = head_features(model, n1), head_features(model, n2)
+    rows = []
+    for l, h in heads:
+        scores = head_input_scores(model, ids, l, h, [n1, n2])
+        slope, _, r2 = best_fit(scores[0], scores[1])
+        rows.append({"head": head_label(l, h), "coupling": float(coupling(F1[l, h], F2[l, h])),
+                     "cosine": float(cosine(F1[l, h], F2[l, h])), "best_fit_slope": slope, "r2": r2})
+    return Table(rows)
+
+
+# ------------------------------------------------------------------ LayerNorm studies (Appendix A)
+def layer_norm_input_norms(model, ids) -> Table:
+    """Figure 6: mean |x| of every LayerNorm's input over all tokens of the prompts."""
+    from .propagation import ln_input_names
+
+    names = ln_input_names(model.config.n_layers)
+    _, trace = model.run_with_trace(_batch(ids), names=sorted(set(names.values())))
+    return Table([{"layernorm": ln, "mean_input_norm": float(np.linalg.norm(trace[act], axis=-1).mean())}
+                  for ln, act in names.items()])
+
+
+def layer_norm_gain_variance(model, ids) -> Table:
+    """Figure 7 / A.2: variance of each LayerNorm's gain, and its ratio to the mean |entry| of that
+    LayerNorm's inputs (the paper's comparison; note it sets a variance against a mean absolute value)."""
+    from .propagation import ln_input_names
+
+    names = ln_input_names(model.config.n_layers)
+    _, trace = model.run_with_trace(_batch(ids), names=sorted(set(names.values())))
+    rows = []
+    for ln, act in names.items():
+        variance = float(np.var(model.weights[ln + ".w"]))
+        mean_abs = float(np.abs(trace[act]).mean())
+        rows.append({"layernorm": ln, "gain_variance": variance, "mean_abs_input": mean_abs,
+                     "ratio": variance / mean_abs})
+    return Table(rows)
+
+
+def ln_final_approximation_error(model, groups: Sequence[tuple[np.ndarray, np.ndarray]], observable: Observable,
+                                 fallback: str | None = "mean") -> np.ndarray:
+    """Table 4: for each source group (female ids, male ids), linearise u . ln_final at the boundary point
+    between the mean last-token ln_final inputs of its male (x-) and female (x+) prompts; entry [i, j] is
+    the mean |linear approximation - true n . logits| over group j's prompts."""
+    last = f"blocks.{model.config.n_layers - 1}.hook_resid_post"
+    inputs = []
+    for female, male in groups:
+        _, tf = model.run_with_trace(_batch(female), names=[last])
+        _, tm = model.run_with_trace(_batch(male), names=[last])
+        inputs.append((tf[last][:, -1].astype(np.float64), tm[last][:, -1].astype(np.float64)))
+    W = model.weights
+    w, b = W["ln_final.w"].astype(np.float64), W["ln_final.b"].astype(np.float64)
+    u = observable.residual.astype(np.float64)
+    error = np.zeros((len(groups), len(groups)))
+    for i, (xf, xm) in enumerate(inputs):
+        boundary = final_ln_boundary(model, observable, xm.mean(0), xf.mean(0), fallback=fallback)
+        x0 = boundary.point
+        f0 = u @ ops.layer_norm(x0, w, b, model.config.eps)[0]
+        grad = jacobians.layer_norm_vjp(x0, w, model.config.eps, u)
+        for j, (yf, ym) in enumerate(inputs):
+            xs = np.concatenate([yf, ym])
+            true = ops.layer_norm(xs, w, b, model.config.eps)[0] @ u
+            error[i, j] = float(np.abs(f0 + (xs - x0) @ grad - true).mean())
+    return error
+
+
+# ------------------------------------------------------------------ the MLP along a segment (Figure 4)
+def mlp_segment(model, layer: int, y: np.ndarray, x_neg: np.ndarray, x_pos: np.ndarray, points: int = 41,
+                fallback: str | None = "mean") -> Table:
+    """y . MLP((1 - t) x_neg + t x_pos) for t in [0, 1], next to its linear approximation at the boundary
+    point and at the two ends (Figure 4)."""
+    from .propagation import mlp_boundary
+
+    W, p = model.weights, f"blocks.{layer}.mlp."
+    args = tuple(W[p + k].astype(np.float64) for k in ("W_in", "b_in", "W_out", "b_out"))
+    y = np.asarray(y, np.float64)
+    x_neg, x_pos = np.asarray(x_neg, np.float64), np.asarray(x_pos, np.float64)
+    boundary = mlp_boundary(model, layer, y, x_neg, x_pos, fallback)
+
+    def linear_at(x0):
+        return y @ jacobians.mlp(x0, *args), jacobians.mlp_vjp(x0, *args[:3], y)
+
+    anchors = {"boundary": linear_at(boundary.point), "x_neg": linear_at(x_neg), "x_pos": linear_at(x_pos)}
+    origins = {"boundary": boundary.point, "x_neg": x_neg, "x_pos": x_pos}
+    rows = []
+    for t in np.linspace(0.0, 1.0, points):
+        x = (1 - t) * x_neg + t * x_pos
+        row = {"t": float(t), "actual": float(y @ jacobians.mlp(x, *args))}
+        for key, (value, grad) in anchors.items():
+            row[f"linear_at_{key}"] = float(value + (x - origins[key]) @ grad)
+        rows.append(row)
+    return Table(rows)

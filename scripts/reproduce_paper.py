@@ -1,0 +1,166 @@
+"""Reproduce the paper's tables (Sections 6-7, Appendix A) on GPT-Neo-1.3B, next to the printed values.
+
+    python scripts/reproduce_paper.py --model EleutherAI/gpt-neo-1.3B      # needs the real weights
+    python scripts/reproduce_paper.py --model bench-cache/gpt-neo-1.3B-random   # runs anywhere; numbers mean nothing
+
+Columns: "oracle" is this project's value with the correct conventions; "authors' conv." recomputes it
+with the authors' code conventions where those differ (LayerNorm factors, couplings of ln_f-scaled
+features); "paper" is the printed number. Ends with the run's time and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import refimpl  # noqa: E402
+from refimpl import case_study, experiments as ex  # noqa: E402
+
+PAPER = {
+    "norms_subj": {"18.11": 72.2168, "17.14": 70.7219, "13.11": 45.9200, "15.13": 39.4049, "18.0": 17.4824},
+    "norms_obj": {"18.11": 69.2137, "17.14": 68.9342, "13.11": 51.8211, "15.13": 44.0450, "14.10": 19.5974},
+    "norms_ln_subj": {"18.11": 237.3204, "17.14": 236.2457, "13.11": 186.3744, "15.13": 145.4124},
+    "norms_ln_obj": {"17.14": 159.1822, "18.11": 156.9978, "13.11": 144.9379, "15.13": 112.3253},
+    "cosine": {"17.14": 0.9882, "18.11": 0.9831, "15.13": 0.9816, "13.11": 0.9352, "22.2": 0.9102},
+    "patch_subj": {"17.14": 4.7859, "13.11": 4.5473, "15.13": 1.0804, "13.3": 0.6352},
+    "patch_obj": {"17.14": 3.5636, "15.13": 3.0652, "13.11": 2.1328, "22.2": 0.5218},
+    "table1": {"17.14": (0.67086, 0.9882, 0.67774, 0.99811), "15.13": (0.77306, 0.9816, 0.79353, 0.98146),
+               "13.11": (0.73552, 0.9352, 0.75580, 0.9274281)},
+    "svd_17.14_subj": ([1, 0, 2, 7, 26], [0.8204, 0.2875, 0.0865, 0.0277, 0.0176]),
+    "table2": [("17.14", "subj", 15, -100.780, 87.517), ("15.13", "subj", 6, -13.238, 26.132),
+               ("13.11", "subj", 6, -4.111, 12.659), ("17.14", "obj", 15, -87.038, 70.865),
+               ("15.13", "obj", 6, -22.681, 23.150), ("13.11", "obj", 6, -16.343, 5.992)],
+    "bias": {"same": 5.6809, "diff": 4.5169},
+    "table3": [("17.6", 5, -300, -3.6119, 2.7614), ("18.2", 0, -1000, -0.4604, 0.4694),
+               ("19.15", 0, -300, -0.8513, 1.8351), ("23.10", 4, -120, -1.2027, 0.1038)],
+    "ln_gain_variance": 0.007827,
+    "table4": [[0.0500, 0.2947, 0.2519], [0.1448, 0.0949, 0.1313], [0.1803, 0.0565, 0.0545]],
+    "residual_cosine": 0.5685,
+}
+
+
+def head(label: str) -> tuple[int, int]:
+    layer, h = label.split(".")
+    return int(layer), int(h)
+
+
+def show(title: str, rows: list[tuple], header: tuple) -> None:
+    print(f"\n## {title}")
+    print(" | ".join(f"{h:>14}" for h in header))
+    for row in rows:
+        print(" | ".join(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v):>14}" for v in row))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="EleutherAI/gpt-neo-1.3B")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    args = parser.parse_args()
+    start = time.perf_counter()
+    model = refimpl.load(args.model, dtype=args.dtype)
+    cfg = model.config
+    if (cfg.n_layers, cfg.n_heads) != (24, 16):
+        print(f"note: {args.model} is not the 1.3B shape; heads named by the paper may not exist")
+    obs = {k: refimpl.observable(model, v, k) for k, v in case_study.OBSERVABLES.items()}
+    prompts = case_study.paper_prompts(model)
+    (sf, sm), (of, om), (cf, cm) = prompts["subj_friend"], prompts["obj_love"], prompts["occupation"]
+    subj_ids, obj_ids = np.concatenate([sf, sm]), np.concatenate([of, om])
+    F = {k: refimpl.head_features(model, o) for k, o in obs.items()}
+    d = cfg.d_model
+
+    # Section 6.5: norms without and with LayerNorm
+    for name, ids in (("subj", subj_ids), ("obj", obj_ids)):
+        norms = refimpl.feature_norms(F[name])
+        show(f"6.5 feature norms, n_{name}, no LayerNorm (Figure 1)",
+             [(h, float(norms[head(h)]), v) for h, v in PAPER[f"norms_{name}"].items()], ("head", "oracle", "paper"))
+        ln = refimpl.ln_input_norms(model, ids)
+        with_ln = refimpl.feature_norms(refimpl.head_features(model, obs[name], "estimate", norms=ln))
+        # the authors' convention: ln_2's gain on attention nodes, ln_f's gain applied on the input side
+        u = obs[name].residual / ln["ln_final"]
+        authors = np.stack([np.linalg.norm(np.sqrt(d) * model.weights[f"blocks.{l}.ln2.w"] * model.weights["ln_final.w"]
+                                           * np.sqrt(d) * refimpl.propagation.head_feature_layer(model, l, u), axis=-1)
+                            for l in range(cfg.n_layers)])
+        show(f"6.5 feature norms, n_{name}, with LayerNorm", [(h, float(with_ln[head(h)]), float(authors[head(h)]), v)
+                                                             for h, v in PAPER[f"norms_ln_{name}"].items()],
+             ("head", "oracle", "authors' conv.", "paper"))
+
+    # Figure 2: path patching
+    for name, (f, m) in (("subj", (sf, sm)), ("obj", (of, om))):
+        patch = ex.path_patch_heads(model, f, m, obs[name])
+        show(f"6.5 path patching, n_{name} (clean - patched; paper says corrupted - clean, erratum 6)",
+             [(h, float(patch[head(h)]), v) for h, v in PAPER[f"patch_{name}"].items()], ("head", "oracle", "paper"))
+
+    # 6.6-6.7 and Table 1
+    cos = refimpl.cosine(F["subj"], F["obj"])
+    show("6.6 cosine(subj, obj)", [(h, float(cos[head(h)]), v) for h, v in PAPER["cosine"].items()],
+         ("head", "oracle", "paper"))
+    show("6.6 cosine of the observables' residual images", [("W_U^T n", float(refimpl.cosine(obs["subj"].residual,
+                                                                                              obs["obj"].residual)),
+                                                             PAPER["residual_cosine"])], ("", "oracle", "paper"))
+    ln_s, ln_o = refimpl.ln_input_norms(model, subj_ids)["ln_final"], refimpl.ln_input_norms(model, obj_ids)["ln_final"]
+    heads = [head(h) for h in PAPER["table1"]]
+    table1 = ex.coupling_vs_fit(model, subj_ids, heads, obs["subj"], obs["obj"])
+    rows = []
+    for row, (h, paper) in zip(table1, PAPER["table1"].items()):
+        scaled = float(refimpl.coupling(F["subj"][head(h)] / ln_s, F["obj"][head(h)] / ln_o))
+        rows.append((h, row["coupling"], scaled, paper[0], row["cosine"], paper[1], row["best_fit_slope"], paper[2],
+                     row["r2"], paper[3]))
+    show("Table 1 (coupling: raw features; authors' conv.: ln_f-scaled features, erratum 2)", rows,
+         ("head", "coupling", "authors' conv.", "paper", "cosine", "paper", "slope", "paper", "r^2", "paper"))
+
+    # 6.8 SVD
+    l, h = head("17.14")
+    table = refimpl.svd_alignment(model, l, h, F["subj"][l, h], k=5)
+    show("6.8 right singular vectors of W_OV 17.14 best aligned with the n_subj feature",
+         [(r["index"], r["abs_cosine"], pi, pc) for r, pi, pc in zip(table, *PAPER["svd_17.14_subj"])],
+         ("index", "|cosine|", "paper index", "paper cosine"))
+
+    # 6.9 Table 2: +-50 v at the paper's token (when it exists) of the pre-LayerNorm residual
+    rows = []
+    for label, name, token, minus, plus in PAPER["table2"]:
+        l, h = head(label)
+        ids = subj_ids if name == "subj" else obj_ids
+        position = token if token < ids.shape[1] else ids.shape[1] - 1
+        t = ex.steer(model, ids, {name: obs[name]}, f"blocks.{l}.hook_resid_pre", position, F[name][l, h], [-50, 50])
+        rows.append((label, name, position, t[0][f"{name}_effect"], minus, t[1][f"{name}_effect"], plus))
+    show("Table 2: steering +-50 v", rows, ("head", "obs", "token", "-50v", "paper", "+50v", "paper"))
+
+    # Section 7
+    rows = []
+    for name in ("same", "diff"):
+        female, male = ex.observable_values(model, cf, obs[name]), ex.observable_values(model, cm, obs[name])
+        rows.append((name, float(np.concatenate([female, -male]).mean()), PAPER["bias"][name]))
+    show("7.2 mean logit difference (female with n, male with -n)", rows, ("observable", "oracle", "paper"))
+    occ = np.concatenate([cf, cm])
+    C = refimpl.coupling(F["diff"], F["same"])
+    rows = []
+    for label, token, k, diff_effect, same_effect in PAPER["table3"]:
+        l, h = head(label)
+        t = ex.steer(model, occ, {"diff": obs["diff"], "same": obs["same"]}, f"blocks.{l}.hook_resid_pre",
+                     min(token, occ.shape[1] - 1), F["diff"][l, h], [k])
+        rows.append((label, float(C[l, h]), t[0]["diff_effect"], diff_effect, t[0]["same_effect"], same_effect))
+    show("Table 3: bias-mitigation steering", rows, ("head", "coupling", "n_diff eff.", "paper", "n_same eff.", "paper"))
+
+    # Appendix A
+    gain = ex.layer_norm_gain_variance(model, subj_ids)
+    show("A.2 mean variance of LayerNorm gains", [("all LNs", float(np.mean(gain.column("gain_variance"))),
+                                                   PAPER["ln_gain_variance"])], ("", "oracle", "paper"))
+    groups = [prompts[k] for k in ("subj_friend", "subj_funny", "subj_hard")]
+    mae = ex.ln_final_approximation_error(model, groups, obs["subj"])
+    show("Table 4: ln_final linearisation MAE", [(i + 1, *map(float, mae[i]), *PAPER["table4"][i]) for i in range(3)],
+         ("source", "g1", "g2", "g3", "paper g1", "paper g2", "paper g3"))
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"\nran in {time.perf_counter() - start:.1f} s, peak RSS {peak / 1e9:.2f} GB")
+
+
+if __name__ == "__main__":
+    main()

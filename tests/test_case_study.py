@@ -1,0 +1,151 @@
+"""Case-study experiments against direct computations, the obsprop command, and what the organism
+guarantees."""
+
+import json
+
+import numpy as np
+import pytest
+
+import refimpl
+from refimpl import case_study, cli
+from refimpl import experiments as ex
+from refimpl import ops
+from refimpl.organism_check import check
+from verification.tolerances import tolerance
+
+SAME = tolerance("identity", "float64")
+
+
+@pytest.fixture(scope="module")
+def organism():
+    return refimpl.load(dtype="float64")
+
+
+@pytest.fixture(scope="module")
+def subj(organism):
+    return refimpl.observable(organism, case_study.OBSERVABLES["subj"])
+
+
+@pytest.fixture(scope="module")
+def prompts(organism):
+    return case_study.paper_prompts(organism)
+
+
+def test_direct_logit_attribution_matches_head_results(organism, subj, prompts):
+    female, male = prompts["subj_friend"]
+    ids = np.concatenate([female, male])
+    per_head, per_position = ex.direct_logit_attribution(organism, ids, subj)
+    assert np.allclose(per_position.sum(-1), per_head, atol=SAME)
+    L = organism.config.n_layers
+    names = ["ln_final.hook_scale"] + [f"blocks.{l}.attn.hook_result" for l in range(L)]
+    _, trace = organism.run_with_trace(ids, names=names)
+    g = organism.weights["ln_final.w"] * subj.residual
+    for l in range(L):
+        direct = (ops.center(trace[f"blocks.{l}.attn.hook_result"][:, -1]) @ g) / trace["ln_final.hook_scale"][:, -1]
+        assert np.allclose(direct.mean(0), per_head[l], rtol=1e-9, atol=SAME)
+
+
+def test_path_patching_equals_a_patched_forward(organism, subj, prompts):
+    female, male = prompts["subj_friend"]
+    effects = ex.path_patch_heads(organism, female, male, subj)
+    L = organism.config.n_layers
+    layer, head = 1, 2
+    names = [f"blocks.{layer}.attn.hook_result"]
+    _, clean = organism.run_with_trace(female, names=names)
+    _, corrupt = organism.run_with_trace(male, names=names)
+    diff = corrupt[names[0]][:, :, head] - clean[names[0]][:, :, head]
+    patched = organism.forward(female, edits={f"blocks.{L - 1}.hook_resid_post": lambda x: x + diff})
+    expected = ((organism.forward(female)[:, -1] - patched[:, -1]) @ subj.vocab).mean()
+    assert abs(effects[layer, head] - expected) <= 1e-9 * max(1.0, abs(expected))
+
+
+def test_steering_zero_is_no_change_and_errors(organism, subj, prompts):
+    ids = np.concatenate(prompts["subj_friend"])
+    table = ex.steer(organism, ids, {"subj": subj}, "blocks.1.hook_resid_pre", 3, np.ones(64), [0.0])
+    assert table[0]["subj_effect"] == 0.0
+    with pytest.raises(refimpl.InputError, match="position 40 is outside"):
+        ex.steer(organism, ids, {"subj": subj}, "blocks.1.hook_resid_pre", 40, np.ones(64), [1.0])
+    with pytest.raises(refimpl.InputError, match="steering vector must have shape"):
+        ex.steer(organism, ids, {"subj": subj}, "blocks.1.hook_resid_pre", 3, np.ones(3), [1.0])
+
+
+def test_best_fit():
+    x = np.linspace(-1, 1, 20)
+    slope, intercept, r2 = ex.best_fit(x, 0.7 * x + 2)
+    assert abs(slope - 0.7) <= SAME and abs(intercept - 2) <= 1e-12 and abs(r2 - 1) <= SAME
+
+
+def test_mlp_segment_is_exact_at_the_boundary(organism, subj, prompts):
+    female, male = prompts["subj_friend"]
+    _, trace = organism.run_with_trace(np.stack([male[0], female[0]]), names=["blocks.1.ln2.hook_normalized"])
+    x_neg, x_pos = trace["blocks.1.ln2.hook_normalized"][:, -1]
+    y = refimpl.head_features(organism, subj)[2, 0]
+    table = ex.mlp_segment(organism, 1, y, x_neg, x_pos, points=11)
+    assert table[0]["actual"] == pytest.approx(table[0]["linear_at_x_neg"], abs=1e-12)
+    assert table[-1]["actual"] == pytest.approx(table[-1]["linear_at_x_pos"], abs=1e-12)
+
+
+def test_layer_norm_studies(organism, prompts):
+    ids = np.concatenate(prompts["subj_friend"])
+    norms = ex.layer_norm_input_norms(organism, ids)
+    assert len(norms) == 2 * organism.config.n_layers + 1 and all(r["mean_input_norm"] > 0 for r in norms)
+    groups = [prompts[k] for k in ("subj_friend", "subj_funny", "subj_hard")]
+    subj = refimpl.observable(organism, case_study.OBSERVABLES["subj"])
+    mae = ex.ln_final_approximation_error(organism, groups, subj)
+    assert mae.shape == (3, 3) and np.all(np.isfinite(mae)) and np.all(mae >= 0)
+
+
+def test_organism_guarantees(organism):
+    """What the planted world guarantees: steering along the top pronoun head's feature moves the
+    pronoun logit difference in the predicted direction, and patching that head changes it clearly."""
+    result = check(organism)
+    prompts = case_study.paper_prompts(organism)
+    for name, key in (("subj", "subj_friend"), ("obj", "obj_love")):
+        task = result["tasks"][name]
+        obs = refimpl.observable(organism, case_study.OBSERVABLES[name])
+        female, male = prompts[key]
+        gap = ex.observable_values(organism, female, obs).mean() - ex.observable_values(organism, male, obs).mean()
+        assert task["steer_plus"] > 0 > task["steer_minus"], (name, task)
+        assert abs(task["top_head_patching"]) > tolerance("clearly_nonzero", "share") * gap, (name, task, gap)
+
+
+def test_cli_commands(tmp_path, capsys):
+    assert cli.main(["features", "--top", "3", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "features.csv").read_text().startswith("label,layer,head,norm")
+    assert cli.main(["compare", "--observable", "subj", "--observable", "obj", "--top", "2"]) == 0
+    assert cli.main(["scan", "--top", "4"]) == 0
+    assert cli.main(["patch", "--observable", "obj", "--top", "3"]) == 0
+    assert cli.main(["steer", "--head", "2.1", "--multipliers", "-1", "1"]) == 0
+    assert cli.main(["features", "--observable", '{" her": 1, " him": -1}', "--layernorm", "estimate"]) == 0
+    out = capsys.readouterr().out
+    assert "| label | layer | head | norm |" in out and "coupling_1_to_2" in out and "multiplier" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["features", "--observable", "nonsense"], "--observable must be one of"),
+    (["features", "--top", "0"], "--top must be at least 1"),
+    (["compare", "--observable", "subj"], "exactly two --observable"),
+    (["steer", "--head", "MLP1"], "--head must name an attention head"),
+    (["patch", "--template", "nope"], "unknown --template"),
+])
+def test_cli_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    captured = capsys.readouterr()
+    assert message in captured.err + captured.out
+
+
+def test_cli_bad_head_is_a_clear_error(capsys):
+    assert cli.main(["steer", "--head", "9.9"]) == 2
+    assert "names layer 9" in capsys.readouterr().err
+
+
+def test_demo_writes_the_case_study(tmp_path):
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Feature norms" in summary and "## Path patching" in summary and "## Gender bias" in summary
+    for name in ("norms_subj.csv", "patching_subj.json", "table1.csv", "table2_steering.csv", "fig1_norms_subj.png",
+                 "fig2_patching_subj.png", "fig3b_coupling_subj_obj.png", "fig4_mlp.png", "table1_scatter.png"):
+        assert (tmp_path / name).exists(), name
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["bias"]["diff"]["female_minus_male"] > 0

@@ -44,6 +44,11 @@ PAPER = {
     "ln_gain_variance": 0.007827,
     "table4": [[0.0500, 0.2947, 0.2519], [0.1448, 0.0949, 0.1313], [0.1803, 0.0565, 0.0545]],
     "residual_cosine": 0.5685,
+    "virtual": {"cos 13.3 subj/obj": 0.3712, "cos 13.3->17.14 subj/obj": 0.9965,
+                "cos 13.3->17.14 vs 13.3->MLP16->17.14, subj": 0.9457,
+                "cos 13.3->17.14 vs 13.3->MLP16->17.14, obj": 0.5423,
+                "cos 13.3->MLP16->17.14 subj/obj": 0.6072,
+                "cos 6.6->15.13->17.14 (same) vs 6.6->15.13->21.13 (diff)": 0.9541, "cos 6.6 same/diff": -0.0640},
 }
 
 
@@ -132,6 +137,38 @@ def main() -> None:
         t = ex.steer(model, ids, {name: obs[name]}, f"blocks.{l}.hook_resid_pre", position, F[name][l, h], [-50, 50])
         rows.append((label, name, position, t[0][f"{name}_effect"], minus, t[1][f"{name}_effect"], plus))
     show("Table 2: steering +-50 v", rows, ("head", "obs", "token", "-50v", "paper", "+50v", "paper"))
+
+    # 6.10 and 7.3: virtual heads and an MLP node (MLP16 linearised between one male and one female prompt,
+    # at the token where 17.14's direct attribution is largest)
+    def mlp_points(ids_f, ids_m, name):
+        _, per_position = ex.direct_logit_attribution(model, np.concatenate([ids_f, ids_m]), obs[name])
+        token = int(np.argmax(np.abs(per_position[17, 14])))
+        key = "blocks.16.ln2.hook_normalized"
+        _, t = model.run_with_trace(np.stack([ids_m[0], ids_f[0]]), names=[key])
+        return {16: (t[key][0, token], t[key][1, token])}
+
+    cos = refimpl.cosine
+    paths = {}
+    for name, (f, m) in (("subj", (sf, sm)), ("obj", (of, om))):
+        paths[name] = {
+            "13.3": F[name][13, 3],
+            "13.3->17.14": refimpl.path_feature(model, obs[name], ["13.3", "17.14"]),
+            "13.3->MLP16->17.14": refimpl.path_feature(model, obs[name], ["13.3", "MLP16", "17.14"],
+                                                       mlp_points=mlp_points(f, m, name), mlp_fallback="mean"),
+        }
+    ours = {
+        "cos 13.3 subj/obj": cos(paths["subj"]["13.3"], paths["obj"]["13.3"]),
+        "cos 13.3->17.14 subj/obj": cos(paths["subj"]["13.3->17.14"], paths["obj"]["13.3->17.14"]),
+        "cos 13.3->17.14 vs 13.3->MLP16->17.14, subj": cos(paths["subj"]["13.3->17.14"], paths["subj"]["13.3->MLP16->17.14"]),
+        "cos 13.3->17.14 vs 13.3->MLP16->17.14, obj": cos(paths["obj"]["13.3->17.14"], paths["obj"]["13.3->MLP16->17.14"]),
+        "cos 13.3->MLP16->17.14 subj/obj": cos(paths["subj"]["13.3->MLP16->17.14"], paths["obj"]["13.3->MLP16->17.14"]),
+        "cos 6.6->15.13->17.14 (same) vs 6.6->15.13->21.13 (diff)": cos(
+            refimpl.path_feature(model, obs["same"], ["6.6", "15.13", "17.14"]),
+            refimpl.path_feature(model, obs["diff"], ["6.6", "15.13", "21.13"])),
+        "cos 6.6 same/diff": cos(F["same"][6, 6], F["diff"][6, 6]),
+    }
+    show("6.10 / 7.3 virtual heads and MLP16 (layernorm ignored)",
+         [(k, float(ours[k]), v) for k, v in PAPER["virtual"].items()], ("quantity", "oracle", "paper"))
 
     # Section 7
     rows = []

@@ -5,30 +5,14 @@ import pytest
 
 from refimpl import jacobians as J
 from refimpl import ops
+from verification.derivatives import central_difference_jacobian as central_jacobian
+from verification.derivatives import complex_step_jacobian as complex_jacobian
 from verification.tolerances import relative_error, tolerance
 
 CENTRAL, COMPLEX, SAME = (tolerance(c, "float64") for c in ("central_difference", "complex_step", "identity"))
 
 EPS = 1e-5
 rng = np.random.default_rng(0)
-
-
-def central_jacobian(f, x, h=1e-6):
-    cols = []
-    for j in range(x.size):
-        e = np.zeros_like(x)
-        e[j] = h
-        cols.append((f(x + e) - f(x - e)) / (2 * h))
-    return np.stack(cols, axis=-1)
-
-
-def complex_jacobian(f, x, h=1e-30):
-    cols = []
-    for j in range(x.size):
-        e = np.zeros(x.shape, complex)
-        e[j] = 1j * h
-        cols.append(f(x + e).imag / h)
-    return np.stack(cols, axis=-1)
 
 
 @pytest.fixture

@@ -139,7 +139,8 @@ def test_final_ln_boundary(model, obs):
         boundary = refimpl.final_ln_boundary(model, obs, x_neg, x_pos)
     except InputError:
         boundary = refimpl.final_ln_boundary(model, obs, x_neg, x_pos, fallback="mean")
-    assert abs(score(boundary.point) - boundary.target) <= 1e-9 * (abs(boundary.f_neg) + abs(boundary.f_pos))
+    assert abs(score(boundary.point) - boundary.target) <= tolerance("root_finding", "float64") * (
+        abs(boundary.f_neg) + abs(boundary.f_pos))
 
 
 @pytest.mark.parametrize("path, message", [

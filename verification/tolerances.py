@@ -44,6 +44,12 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         1e-6, "scipy SLSQP constrained extremum vs the closed form: solver tolerance, not rounding"),
     ("clearly_nonzero", "share"): Tolerance(
         0.01, "an effect counts as clearly nonzero above 1% of the task's clean-vs-corrupted logit difference"),
+    ("root_finding", "float64"): Tolerance(
+        1e-9, "|f(root)| relative to |f(x-)| + |f(x+)|: brentq stops at xtol 1e-14 in t, times |f'|, plus rounding"),
+    ("singular_vectors", "float64"): Tolerance(
+        1e-8, "singular vectors are accurate to eps / (gap between singular values), not to eps"),
+    ("printed_digits", "paper"): Tolerance(
+        5e-5, "a number the paper prints with 4 decimals is known to half a unit in the last place"),
     ("dtype_decode", "float16"): Tolerance(
         0.0, "F16 -> float32/64 widening is exact"),
     ("dtype_decode", "bfloat16"): Tolerance(

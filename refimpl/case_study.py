@@ -127,7 +127,8 @@ def run_demo(model, out: str | Path, figures: bool = True, quiet: bool = False) 
                       "female_minus_male": float(female.mean() - male.mean())}
     save(compare_features(F["diff"], F["same"]), "compare_diff_same")
     mitigation = save(ex.bias_mitigation_search(model, np.concatenate([occ_f, occ_m]), obs["diff"], obs["same"],
-                                                top=min(4, k + 1), multipliers=(-1.0, -3.0)), "table3_bias_mitigation")
+                                                top=min(4, k + 1), multipliers=(-0.5, -1.0), relative=True),
+                      "table3_bias_mitigation")
 
     say("LayerNorm studies (Appendix A)")
     ln_norms_table = save(ex.layer_norm_input_norms(model, np.concatenate([subj_f, subj_m])), "fig6_layernorm_input_norms")
@@ -241,6 +242,9 @@ def summary(model, r: dict, norms, norms_ln, patch, compare: Table, ln_norms: Ta
         + (f" The organism's planted nurse/programmer log-odds gap is {planted:.4f}." if "organism" in str(model.source)
            else ""),
         "",
+        "Steering: k = multiplier x (mean norm of the activation) / |feature|, so -1 adds the negated feature "
+        "scaled to the activation's own norm.",
+        "",
         "| head | token | coupling diff -> same | multiplier | n_diff effect | n_same effect |",
         "|---|---|---|---|---|---|",
         *[f"| {m['head']} | {m['token']} | {m['coupling']:.4f} | {m['multiplier']:g} | {m['n_diff_effect']:.4f} | "
@@ -258,7 +262,12 @@ def summary(model, r: dict, norms, norms_ln, patch, compare: Table, ln_norms: Ta
         *[f"| {i + 1} | " + " | ".join(f"{v:.4f}" for v in row) + " |" for i, row in enumerate(r["ln_final_mae"])],
         "",
         "## MLP linearisation (Figure 4)",
-        f"Along the segment, the largest |error| of the linearisation at the boundary point is "
+        ("y . MLP changes sign between x- (a male prompt) and x+ (a female prompt); the linearisation point is "
+         f"the root at t = {segment[0]['boundary_t']:.3f}." if segment[0]["boundary_target"] == 0 else
+         "y . MLP does NOT change sign between x- (a male prompt) and x+ (a female prompt) on this model; the "
+         f"linearisation point is where it equals the mean of its end values (t = {segment[0]['boundary_t']:.3f}, "
+         "the authors' fallback)."),
+        f"Along the segment, the largest |error| of the linearisation at that point is "
         f"{max(abs(a - b) for a, b in zip(segment.column('actual'), segment.column('linear_at_boundary'))):.4f}, at "
         f"x- {max(abs(a - b) for a, b in zip(segment.column('actual'), segment.column('linear_at_x_neg'))):.4f}, at x+ "
         f"{max(abs(a - b) for a, b in zip(segment.column('actual'), segment.column('linear_at_x_pos'))):.4f}.",

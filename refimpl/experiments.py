@@ -108,10 +108,13 @@ def steer(model, ids, observables: Mapping[str, Observable], name: str, position
 
 
 def bias_mitigation_search(model, ids, n_diff: Observable, n_same: Observable, top: int = 4,
-                           multipliers: Sequence[float] = (-50.0,)) -> Table:
+                           multipliers: Sequence[float] = (-50.0,), relative: bool = False) -> Table:
     """Section 7: heads whose n_diff feature has the most negative coupling to n_same; steer with
     k * (n_diff feature) at ln_1's input of that head's layer, at the token with the largest direct
-    attribution, and report both observables' effects (more negative n_diff and positive n_same is good)."""
+    attribution, and report both observables' effects (more negative n_diff and positive n_same is good).
+
+    With ``relative=True`` a multiplier m means k = m * mean |activation| / |feature| (m = -1 adds a vector
+    as long as the activation itself), which makes multipliers comparable across models."""
     ids = _batch(ids)
     F_diff, F_same = head_features(model, n_diff), head_features(model, n_same)
     from .analysis import coupling
@@ -123,8 +126,14 @@ def bias_mitigation_search(model, ids, n_diff: Observable, n_same: Observable, t
     for flat in order:
         l, h = np.unravel_index(flat, couplings.shape)
         token = int(np.argmax(np.abs(per_position[l, h])))
+        ks = list(multipliers)
+        if relative:
+            _, trace = model.run_with_trace(ids, names=[f"blocks.{l}.hook_resid_pre"])
+            unit = float(np.linalg.norm(trace[f"blocks.{l}.hook_resid_pre"][:, token], axis=-1).mean()
+                         / np.linalg.norm(F_diff[l, h]))
+            ks = [m * unit for m in multipliers]
         table = steer(model, ids, {"n_diff": n_diff, "n_same": n_same}, f"blocks.{l}.hook_resid_pre", token,
-                      F_diff[l, h], multipliers)
+                      F_diff[l, h], ks)
         for row in table:
             rows.append({"head": head_label(l, h), "token": token, "coupling": float(couplings[l, h]),
                          "multiplier": row["multiplier"], "n_diff_effect": row["n_diff_effect"],
@@ -236,11 +245,13 @@ def mlp_segment(model, layer: int, y: np.ndarray, x_neg: np.ndarray, x_pos: np.n
         return y @ jacobians.mlp(x0, *args), jacobians.mlp_vjp(x0, *args[:3], y)
 
     anchors = {"boundary": linear_at(boundary.point), "x_neg": linear_at(x_neg), "x_pos": linear_at(x_pos)}
+    # boundary.target is 0 on a real decision boundary, the mean end value when the fallback was used
     origins = {"boundary": boundary.point, "x_neg": x_neg, "x_pos": x_pos}
     rows = []
     for t in np.linspace(0.0, 1.0, points):
         x = (1 - t) * x_neg + t * x_pos
-        row = {"t": float(t), "actual": float(y @ jacobians.mlp(x, *args))}
+        row = {"t": float(t), "actual": float(y @ jacobians.mlp(x, *args)), "boundary_t": boundary.t,
+               "boundary_target": boundary.target}
         for key, (value, grad) in anchors.items():
             row[f"linear_at_{key}"] = float(value + (x - origins[key]) @ grad)
         rows.append(row)

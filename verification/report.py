@@ -204,7 +204,8 @@ def torch_checks(model, ids) -> list[Check]:
     for row in torch_backend.full_gradient_capture(model, obs, ids):
         checks.append(Check(f"torch (c): OV-only share of the full gradient, head {row['label']}",
                             bool(np.isfinite(row["full_norm"])), row["captured_share"], 1.0, "measurement",
-                            detail=f"cosine {row['cosine']:.4f}, |full| {row['full_norm']:.3e}, |OV| {row['ov_norm']:.3e}",
+                            detail=f"at token {row['position']} (attention {row['attention']:.3f}): cosine "
+                                   f"{row['cosine']:.4f}, |full| {row['full_norm']:.3e}, |OV| {row['ov_norm']:.3e}",
                             group="torch (c)", extra={"kind": "measurement", **row}))
     return checks
 

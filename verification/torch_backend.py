@@ -100,10 +100,11 @@ def path_check(model, observable, path, points: dict, mlp_points: dict | None, t
                           result.vector, reference, tolerance, group="torch")
 
 
-def full_gradient_capture(model, observable, ids, position: int = -1) -> list[dict]:
+def full_gradient_capture(model, observable, ids, position: int | None = None) -> list[dict]:
     """(c) per head: the full gradient g of n . logits[last] w.r.t. the head's input (its ln_1 output at
     ``position``, entering q, k and v) vs the OV-only direct-path feature g_ov = A[last, pos] W_OV^T J_f^T u
-    (J_f the exact ln_final Jacobian at the run's own input). Returns cosine and captured share g.g_ov/|g|^2."""
+    (J_f the exact ln_final Jacobian at the run's own input). Returns cosine and captured share g.g_ov/|g|^2.
+    ``position=None`` takes, per head, the token the last query attends to most (where the head reads)."""
     import torch
 
     from refimpl import jacobians
@@ -124,13 +125,15 @@ def full_gradient_capture(model, observable, ids, position: int = -1) -> list[di
         attention = peer.transformer.h[layer].attn.attention
         features = refimpl.propagation.head_feature_layer(oracle, layer, u)
         for head in range(cfg.n_heads):
+            pattern_row = trace[f"blocks.{layer}.attn.hook_pattern"][0, head, -1]
+            source = int(np.argmax(pattern_row)) if position is None else position
             delta = torch.zeros(cfg.d_model, dtype=torch.float64, requires_grad=True)
             handles = []
             for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
                 def hook(module, inputs, output, proj=proj):
                     out = output.clone()
                     rows_ = slice(head * dh, (head + 1) * dh)
-                    out[0, position, rows_] = out[0, position, rows_] + delta @ proj.weight[rows_].T
+                    out[0, source, rows_] = out[0, source, rows_] + delta @ proj.weight[rows_].T
                     return out
                 handles.append(proj.register_forward_hook(hook))
             try:
@@ -141,10 +144,10 @@ def full_gradient_capture(model, observable, ids, position: int = -1) -> list[di
                 for h in handles:
                     h.remove()
             g = delta.grad.numpy()
-            pattern = trace[f"blocks.{layer}.attn.hook_pattern"][0, head, -1, position]
-            g_ov = pattern * features[head]
+            g_ov = pattern_row[source] * features[head]
             gg = float(g @ g)
-            rows.append({"label": f"{layer}.{head}", "layer": layer, "head": head, "full_norm": float(np.sqrt(gg)),
+            rows.append({"label": f"{layer}.{head}", "layer": layer, "head": head, "position": source,
+                         "attention": float(pattern_row[source]), "full_norm": float(np.sqrt(gg)),
                          "ov_norm": float(np.linalg.norm(g_ov)),
                          "cosine": float(g @ g_ov / np.sqrt(gg * (g_ov @ g_ov))) if gg and g_ov @ g_ov else float("nan"),
                          "captured_share": float(g @ g_ov / gg) if gg else float("nan")})

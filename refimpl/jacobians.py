@@ -123,9 +123,9 @@ def _block_weights(model, layer: int):
             W[p + "mlp.b_out"])
 
 
-def _frozen_attention(A: np.ndarray, h: np.ndarray, W_V: np.ndarray, W_O: np.ndarray) -> np.ndarray:
-    """sum_h A_h (h W_V[h]) W_O[h].  [H, T, T], [T, d] -> [T, d]"""
-    return np.einsum("hts,hsd->td", A, np.einsum("sd,hdk,hke->hse", h, W_V, W_O))
+def _frozen_attention(A: np.ndarray, x: np.ndarray, W_V: np.ndarray, W_O: np.ndarray) -> np.ndarray:
+    """sum_h A_h (x W_V[h]) W_O[h].  [H, T, T], [T, d] -> [T, d]"""
+    return ((A @ (x @ W_V)) @ W_O).sum(axis=0)  # [H, T, dh] -> [H, T, d] -> [T, d]
 
 
 def block_frozen_attention(model, layer: int, X: np.ndarray, A: np.ndarray) -> np.ndarray:
@@ -153,5 +153,6 @@ def block_frozen_attention_vjp(model, layer: int, X: np.ndarray, A: np.ndarray, 
     mid = X + _frozen_attention(A, ops.layer_norm(X, w1, b1, eps)[0], W_V, W_O) + b_O
     x2 = ops.layer_norm(mid, w2, b2, eps)[0]
     g_mid = G + layer_norm_vjp(mid, w2, eps, mlp_vjp(x2, W_in, b_in, W_out, G))
-    g_ln1 = np.einsum("hts,td,hkd,hek->se", A, g_mid, W_O, W_V)  # sum_h A_h^T (g W_O[h]^T) W_V[h]^T
+    g_ln1 = ((A.transpose(0, 2, 1) @ (g_mid @ W_O.transpose(0, 2, 1))) @ W_V.transpose(0, 2, 1)).sum(axis=0)
+    # sum_h A_h^T (g W_O[h]^T) W_V[h]^T: [H, T, dh] -> [H, T, d] -> [T, d]
     return g_mid + layer_norm_vjp(X, w1, eps, g_ln1)

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
 import refimpl
 from refimpl import jacobians as J
@@ -12,7 +12,7 @@ from refimpl import ops
 from verification import conformance, errata, theorems
 from verification.checks import relative_check
 from verification.derivatives import check_adjoint, check_dense, check_jvp
-from verification.strategies import layer_norm_inputs, theorem2_cases
+from verification.strategies import layer_norm_inputs, small_configs, theorem2_cases
 from verification.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
@@ -148,3 +148,31 @@ def test_torch_backend_checks(organism):
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     names = " ".join(c.name for c in checks)
     assert "torch (a)" in names and "MLP" in names and "torch (c)" in names
+
+
+@given(small_configs())
+@settings(max_examples=15)
+def test_small_config_strategy_models_are_consistent(config):
+    """The exported small-config strategy yields loadable models whose features and forward agree with
+    direct formulas (batched vs single, dense W_OV)."""
+    import tempfile
+
+    from verification.fixtures import random_tensors, write_checkpoint
+
+    with tempfile.TemporaryDirectory() as folder:
+        model = refimpl.load(write_checkpoint(folder, config, random_tensors(config, seed=3), dtype="float64"),
+                             dtype="float64")
+        ids = np.arange(2 * 9).reshape(2, 9) % config["vocab_size"]
+        batched = model.forward(ids)
+        assert relative_check("", model.forward(ids[1]), batched[1], SAME).passed
+        obs = refimpl.observable(model, {0: 1.0, config["vocab_size"] - 1: -1.0})
+        F = refimpl.head_features(model, obs)
+        W = model.weights
+        dense = W["blocks.0.attn.W_V"][0] @ W["blocks.0.attn.W_O"][0] @ obs.residual
+        assert relative_check("", F[0, 0], dense, SAME).passed
+
+
+def test_block_adjoint_at_the_1_3b_width():
+    from verification.report import block_adjoint_at_width
+
+    assert block_adjoint_at_width(2048, 16, 8192, 4).passed

@@ -169,7 +169,32 @@ def block_checks(model, ids, seed: int = 0) -> list[Check]:
                               lambda x: J.block_frozen_attention(model, layer, x.reshape(small.shape), A[:, :3, :3]).ravel(),
                               dense, small.ravel(), tolerance("central_difference", "float64"), "central", seed))
     del f
+    checks.append(block_adjoint_at_width(2048, 16, 8192, 5, seed))
     return checks
+
+
+def block_adjoint_at_width(d: int, n_heads: int, d_mlp: int, n_tokens: int, seed: int = 0) -> Check:
+    """The frozen-attention block's adjoint identity at a real width (GPT-Neo-1.3B: 2048, 16 heads, 8192),
+    on random weights held by a minimal stand-in for a model."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    dh = d // n_heads
+    weights = {"blocks.0.ln1.w": 1 + 0.2 * rng.normal(size=d), "blocks.0.ln1.b": 0.1 * rng.normal(size=d),
+               "blocks.0.attn.W_V": rng.normal(size=(n_heads, d, dh)) / np.sqrt(d),
+               "blocks.0.attn.W_O": rng.normal(size=(n_heads, dh, d)) / np.sqrt(dh),
+               "blocks.0.attn.b_O": 0.1 * rng.normal(size=d),
+               "blocks.0.ln2.w": 1 + 0.2 * rng.normal(size=d), "blocks.0.ln2.b": 0.1 * rng.normal(size=d),
+               "blocks.0.mlp.W_in": rng.normal(size=(d, d_mlp)) / np.sqrt(d), "blocks.0.mlp.b_in": rng.normal(size=d_mlp),
+               "blocks.0.mlp.W_out": rng.normal(size=(d_mlp, d)) / np.sqrt(d_mlp), "blocks.0.mlp.b_out": rng.normal(size=d)}
+    model = SimpleNamespace(weights=weights, config=SimpleNamespace(eps=1e-5))
+    A = np.tril(rng.random((n_heads, n_tokens, n_tokens)))
+    A /= A.sum(-1, keepdims=True)
+    X, U, G = (rng.normal(size=(n_tokens, d)) for _ in range(3))
+    return check_adjoint(f"block with attention frozen (d = {d}, {n_heads} heads, d_mlp = {d_mlp})",
+                         lambda u: J.block_frozen_attention_jvp(model, 0, X, A, u),
+                         lambda g: J.block_frozen_attention_vjp(model, 0, X, A, g), U, G,
+                         tolerance("identity", "float64"), seed)
 
 
 def errata_checks(seed: int = 0) -> list[Check]:
@@ -189,7 +214,7 @@ def torch_checks(model, ids) -> list[Check]:
                       group="torch", extra={"kind": "skipped"})]
     from . import torch_backend
 
-    checks = [torch_backend.forward_check(model, ids, tolerance("forward_parity", "float64"))]
+    checks = torch_backend.forward_checks(model, ids, tolerance("forward_parity", "float64"))
     obs = refimpl.observable(model, {" she": 1, " he": -1})
     points = refimpl.ln_input_points(model, ids)
     L, H = model.config.n_layers, model.config.n_heads

@@ -81,7 +81,7 @@ def small_configs(draw):
     d_head = draw(st.integers(1, 5))
     n_layers = draw(st.integers(1, 3))
     kinds = draw(st.lists(st.sampled_from(["global", "local"]), min_size=n_layers, max_size=n_layers))
-    return gpt_neo_config(vocab=draw(st.integers(5, 40)), d_model=n_heads * d_head * 2 if d_head == 1 else n_heads * d_head,
+    return gpt_neo_config(vocab=draw(st.integers(5, 40)), d_model=n_heads * max(d_head, 2),
                           n_layers=n_layers, n_heads=n_heads, window=draw(st.integers(1, 6)), n_ctx=24,
                           d_mlp=draw(st.sampled_from([None, 7, 16])), kinds=kinds)
 

@@ -25,12 +25,20 @@ def _t(array):
     return torch.as_tensor(np.array(array, dtype=np.float64))
 
 
-def forward_check(model, ids, tolerance: float) -> Check:
-    """(a) oracle logits vs transformers' in float64."""
-    peer_logits, _ = peer_forward(load_peer(model.path, "float64"), np.atleast_2d(ids))
-    oracle = refimpl.load(model.path, dtype="float64").forward(np.atleast_2d(ids))
-    return relative_check("torch (a): forward logits vs transformers float64", oracle, peer_logits, tolerance,
-                          group="torch")
+def forward_checks(model, ids, tolerance: float) -> list[Check]:
+    """(a) oracle logits and every block's input residual (and the final one) vs transformers' in float64."""
+    ids = np.atleast_2d(ids)
+    peer_logits, peer_resid = peer_forward(load_peer(model.path, "float64"), ids)
+    oracle = refimpl.load(model.path, dtype="float64")
+    L = oracle.config.n_layers
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
+    logits, trace = oracle.run_with_trace(ids, names=names)
+    checks = [relative_check("torch (a): forward logits vs transformers float64", logits, peer_logits, tolerance,
+                             group="torch")]
+    for name, expected in zip(names, peer_resid):
+        checks.append(relative_check(f"torch (a): residual {name} vs transformers float64", trace[name], expected,
+                                     tolerance, group="torch"))
+    return checks
 
 
 def torch_path_gradient(model, observable, path, points: dict, mlp_inputs: dict) -> np.ndarray:

@@ -78,6 +78,29 @@ def theorem2_degenerate(tolerance_se: float, seed: int = 0) -> Check:
                  worst, 0.0, tolerance_se, seed, "largest |mean - k y1.y2/|y1|^2| in standard errors", "errata")
 
 
+def variance_vs_mean_abs(tolerance: float, seed: int = 0) -> Check:
+    """Erratum 5 (Appendix A.2): var(gain) / mean|x| has units 1/|x|: rescaling the activations by 10
+    divides it by 10, so it cannot say whether the gains are "nearly constant"; std/mean of the gain can."""
+    rng = np.random.default_rng(seed)
+    w, x = 1 + 0.09 * rng.normal(size=2048), rng.normal(size=(32, 2048))
+    ratio = float((np.var(w) / np.abs(10 * x).mean()) / (np.var(w) / np.abs(x).mean()))
+    return Check("erratum 5: A.2's variance / mean|x| ratio depends on the activations' scale", abs(ratio - 0.1) <= tolerance,
+                 ratio, 0.1, tolerance, seed, f"scale-free alternative: std(w)/mean(w) = {np.std(w) / np.mean(w):.4f}",
+                 "errata")
+
+
+def swapped_layer_norms(model, observable, norms: dict) -> Check:
+    """Erratum 7: the authors' code scales attention features with ln_2's gain (it belongs to the MLP);
+    on ``model`` the with-LayerNorm norm of the largest head changes by the reported amount."""
+    F = refimpl.head_features(model, observable, "estimate", norms=norms)
+    l, h = np.unravel_index(np.argmax(np.linalg.norm(F, axis=-1)), F.shape[:2])
+    correct = float(np.linalg.norm(F[l, h]))
+    swapped = float(np.linalg.norm(F[l, h] / model.weights[f"blocks.{l}.ln1.w"] * model.weights[f"blocks.{l}.ln2.w"]))
+    change = abs(swapped - correct) / correct
+    return Check(f"erratum 7: ln_2 instead of ln_1 on head {l}.{h} changes its with-LN norm", change > 0, change, 0.0,
+                 "> 0", detail=f"ln_1 (correct) {correct:.4f}, ln_2 (authors' code) {swapped:.4f}", group="errata")
+
+
 def theorem1_constant_check(tolerance: float) -> Check:
     """Erratum 8: the constant c of Theorem 1's proof is 0.1554211..., the paper prints 0.155241."""
     c = theorem1_constant()

@@ -202,7 +202,7 @@ def errata_checks(seed: int = 0) -> list[Check]:
     return [errata.coupling_definition(same, seed), errata.printed_couplings(tolerance("printed_digits", "paper")),
             errata.layer_norm_norm_factor(same, seed),
             errata.theorem2_degenerate(tolerance("monte_carlo", "standard_errors"), seed),
-            errata.theorem1_constant_check(same)]
+            errata.variance_vs_mean_abs(same, seed), errata.theorem1_constant_check(same)]
 
 
 def torch_checks(model, ids) -> list[Check]:
@@ -249,6 +249,9 @@ def run(model_source=None, profile: str = "default", include_torch: bool = True,
     checks += derivative_checks(seed)
     checks += block_checks(model, ids, seed)
     checks += errata_checks(seed)
+    if model.config.d_vocab == 50257:
+        subj = refimpl.observable(model, {" she": 1, " he": -1})
+        checks.append(errata.swapped_layer_norms(model, subj, refimpl.ln_input_norms(model, np.atleast_2d(ids))))
     if include_torch and model.config.d_vocab == 50257:
         checks += torch_checks(model, ids)
     return checks

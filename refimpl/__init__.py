@@ -1,7 +1,10 @@
 """refimpl: an exact, readable NumPy oracle of GPT-Neo and of observable propagation.
 
 Public API: ``load``, ``Model`` (``config``, ``weights``, ``tokenizer``, ``forward``, ``run_with_trace``),
-``Config``, ``Tokenizer`` and the error types.
+``Config``, ``Tokenizer``, the error types; observables and propagation (``observable``, ``head_features``,
+``path_feature``, ``propagate``, ``scan_virtual_heads``, ``beam_search_paths``); data-free analysis
+(``cosine``, ``coupling``, ``theorem2_*``, ``ov_svd``, ``svd_alignment``, ``vector_lens``); records
+(``Table``, ``head_table``). The case-study experiments are in ``refimpl.experiments``.
 """
 
 from .config import Config, config_from_dict, load_config

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 
 import refimpl
 from refimpl import jacobians as J
@@ -21,6 +21,7 @@ SE = tolerance("monte_carlo", "standard_errors")
 
 # ------------------------------------------------------------------ theorems as properties
 @given(theorem2_cases())
+@example((np.array([0.0, 0.5, 1e-5]), np.array([0.0, 1.0, 0.0]), 1.0, 0.0))  # nearly parallel (found by "long")
 def test_theorem2_mean_and_extremes(case):
     y1, y2, s, k = case
     x = theorems.sample_constrained_sphere(y1, s, k, 4000, np.random.default_rng(0))

@@ -97,6 +97,7 @@ def theorem2_explicit_extremes(y1, y2, s: float, k: float) -> tuple[np.ndarray, 
     centre = k * y1 / q
     radius = np.sqrt(max(0.0, s * s - k * k / q))
     e = y2 - (y2 @ y1) / q * y1
+    e = e - (e @ y1) / q * y1  # a second Gram-Schmidt pass: y2 nearly parallel to y1 cancels in the first
     if np.linalg.norm(e) < 1e-12 * np.linalg.norm(y2):
         e = np.linalg.svd(y1[None, :])[2][-1]
     e = e / np.linalg.norm(e)

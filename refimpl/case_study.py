@@ -105,12 +105,10 @@ def run_demo(model, out: str | Path, figures: bool = True, quiet: bool = False) 
     say("activation steering along head features (Table 2)")
     steering_rows = []
     for name, ids in (("subj", np.concatenate([subj_f, subj_m])), ("obj", np.concatenate([obj_f, obj_m]))):
-        _, trace = model.run_with_trace(ids, names=[f"blocks.{l}.hook_resid_pre" for l in range(model.config.n_layers)])
         for (l, h) in heads:
             token = int(np.argmax(np.abs(dla[name][1][l, h])))
             v = F[name][l, h]
-            scale = float(np.linalg.norm(trace[f"blocks.{l}.hook_resid_pre"][:, token], axis=-1).mean()
-                          / np.linalg.norm(v))
+            scale = ex.activation_scale(model, ids, l, token, v)
             table = ex.steer(model, ids, {name: obs[name]}, f"blocks.{l}.hook_resid_pre", token, v, [-scale, scale])
             steering_rows.append({"head": head_label(l, h), "observable": name, "token": token,
                                   "multiplier": round(scale, 4), "minus_effect": table[0][f"{name}_effect"],
@@ -164,7 +162,7 @@ def run_demo(model, out: str | Path, figures: bool = True, quiet: bool = False) 
         fig.heatmap(coupling(F["same"], F["diff"]), "Figure 5b: coupling same -> diff", out / "fig5b_coupling.png",
                     centred=True)
         l1, h1 = heads[0]
-        scores = ex.head_input_scores(model, np.concatenate([subj_f, subj_m]), l1, h1, [obs["subj"], obs["obj"]])
+        scores = ex.head_input_scores(model, np.concatenate([subj_f, subj_m]), l1, [F["subj"][l1, h1], F["obj"][l1, h1]])
         slope, intercept, _ = ex.best_fit(scores[0], scores[1])
         fig.scatter_fit(scores[0], scores[1], slope, intercept, f"Table 1: head {head_label(l1, h1)} input scores",
                         "n_subj feature score", "n_obj feature score", out / "table1_scatter.png")

@@ -24,11 +24,6 @@ def _batch(ids) -> np.ndarray:
     return ids
 
 
-def _final_linear(model, resid: np.ndarray, scale: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """u . ln_final(x) with ln_final's scale frozen: (P x / scale) . (w * u).  [..., d] -> [...]"""
-    return (ops.center(resid) / scale) @ (model.weights["ln_final.w"] * u)
-
-
 def observable_values(model, ids, observable: Observable, position: int = -1) -> np.ndarray:
     """n . logits at ``position`` for every prompt.  [batch]"""
     return model.forward(_batch(ids))[:, position] @ observable.vocab
@@ -107,6 +102,14 @@ def steer(model, ids, observables: Mapping[str, Observable], name: str, position
     return Table(rows)
 
 
+def activation_scale(model, ids, layer: int, position: int, vector: np.ndarray) -> float:
+    """mean |resid_pre of ``layer`` at ``position``| / |vector|: the multiplier that makes ``vector`` as
+    long as the activation it is added to (steering multipliers comparable across models)."""
+    name = f"blocks.{layer}.hook_resid_pre"
+    _, trace = model.run_with_trace(_batch(ids), names=[name])
+    return float(np.linalg.norm(trace[name][:, position], axis=-1).mean() / np.linalg.norm(vector))
+
+
 def bias_mitigation_search(model, ids, n_diff: Observable, n_same: Observable, top: int = 4,
                            multipliers: Sequence[float] = (-50.0,), relative: bool = False) -> Table:
     """Section 7: heads whose n_diff feature has the most negative coupling to n_same; steer with
@@ -126,12 +129,8 @@ def bias_mitigation_search(model, ids, n_diff: Observable, n_same: Observable, t
     for flat in order:
         l, h = np.unravel_index(flat, couplings.shape)
         token = int(np.argmax(np.abs(per_position[l, h])))
-        ks = list(multipliers)
-        if relative:
-            _, trace = model.run_with_trace(ids, names=[f"blocks.{l}.hook_resid_pre"])
-            unit = float(np.linalg.norm(trace[f"blocks.{l}.hook_resid_pre"][:, token], axis=-1).mean()
-                         / np.linalg.norm(F_diff[l, h]))
-            ks = [m * unit for m in multipliers]
+        unit = activation_scale(model, ids, l, token, F_diff[l, h]) if relative else 1.0
+        ks = [m * unit for m in multipliers]
         table = steer(model, ids, {"n_diff": n_diff, "n_same": n_same}, f"blocks.{l}.hook_resid_pre", token,
                       F_diff[l, h], ks)
         for row in table:
@@ -142,13 +141,13 @@ def bias_mitigation_search(model, ids, n_diff: Observable, n_same: Observable, t
 
 
 # ------------------------------------------------------------------ feature scores and best fit (Table 1)
-def head_input_scores(model, ids, layer: int, head: int, observables: Sequence[Observable]) -> np.ndarray:
-    """Dot products of every token's ln_1 output in ``layer`` with the head's feature vector of each
-    observable: [n_observables, batch * seq]."""
+def head_input_scores(model, ids, layer: int, features: Sequence[np.ndarray]) -> np.ndarray:
+    """Dot products of every token's ln_1 output in ``layer`` with each feature vector (e.g. one head's
+    features for several observables): [n_features, batch * seq]."""
     ids = _batch(ids)
     _, trace = model.run_with_trace(ids, names=[f"blocks.{layer}.ln1.hook_normalized"])
     x = trace[f"blocks.{layer}.ln1.hook_normalized"].reshape(-1, model.config.d_model)
-    return np.stack([x @ head_features(model, obs)[layer, head] for obs in observables])
+    return x @ np.stack(features).T.astype(x.dtype)
 
 
 def best_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -167,7 +166,7 @@ def coupling_vs_fit(model, ids, heads: Sequence[tuple[int, int]], n1: Observable
     F1, F2 = head_features(model, n1), head_features(model, n2)
     rows = []
     for l, h in heads:
-        scores = head_input_scores(model, ids, l, h, [n1, n2])
+        scores = head_input_scores(model, ids, l, [F1[l, h], F2[l, h]])
         slope, _, r2 = best_fit(scores[0], scores[1])
         rows.append({"head": head_label(l, h), "coupling": float(coupling(F1[l, h], F2[l, h])),
                      "cosine": float(cosine(F1[l, h], F2[l, h])), "best_fit_slope": slope, "r2": r2})

@@ -17,11 +17,6 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=-1, keepdims=True)
 
 
-def _project_mean(u: np.ndarray) -> np.ndarray:
-    """P u = u - mean(u): the projection orthogonal to the all-ones vector."""
-    return u - u.mean(axis=-1, keepdims=True)
-
-
 # ------------------------------------------------------------------ GPT-Neo LayerNorm
 # y = w * c / s + b with c = P x and s = sqrt(c.c / d + eps). Then
 #   dy = w * (P dx / s - c (c . dx) / (d s^3)),  i.e.  J = diag(w) (P / s - c c^T / (d s^3)).
@@ -29,7 +24,7 @@ def layer_norm_jvp(x: np.ndarray, w: np.ndarray, eps: float, u: np.ndarray) -> n
     """J u = w * (P u / s - c (c.u) / (d s^3)) of GPT-Neo's LayerNorm at x.  [..., d]"""
     c, d = ops.center(x), x.shape[-1]
     s = ops.ln_scale(c, eps)
-    return w * (_project_mean(u) / s - c * _dot(c, u) / (d * s**3))
+    return w * (ops.center(u) / s - c * _dot(c, u) / (d * s**3))
 
 
 def layer_norm_vjp(x: np.ndarray, w: np.ndarray, eps: float, g: np.ndarray) -> np.ndarray:
@@ -37,7 +32,7 @@ def layer_norm_vjp(x: np.ndarray, w: np.ndarray, eps: float, g: np.ndarray) -> n
     c, d = ops.center(x), x.shape[-1]
     s = ops.ln_scale(c, eps)
     wg = w * g
-    return _project_mean(wg) / s - c * _dot(c, wg) / (d * s**3)
+    return ops.center(wg) / s - c * _dot(c, wg) / (d * s**3)
 
 
 def layer_norm_jacobian(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -63,7 +58,7 @@ def ideal_layer_norm_jvp(x: np.ndarray, u: np.ndarray) -> np.ndarray:
     c = ops.center(x)
     r = np.sqrt(_dot(c, c))
     c_hat = c / r
-    return (_project_mean(u) - c_hat * _dot(c_hat, u)) / r
+    return (ops.center(u) - c_hat * _dot(c_hat, u)) / r
 
 
 def ideal_layer_norm_vjp(x: np.ndarray, g: np.ndarray) -> np.ndarray:

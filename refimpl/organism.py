@@ -177,12 +177,6 @@ def generate_corpus(seed: int = 0, n_documents: int = 40000, held_out: frozenset
     return documents
 
 
-def pair_occurs(documents: list[str], name: str, template: Template) -> bool:
-    """Whether the template with ``name`` appears anywhere in ``documents``."""
-    needle = template.text.format(name=name)
-    return any(needle in doc for doc in documents)
-
-
 # ----------------------------------------------------------------------------- metrics (oracle only)
 def _prompt_batch(model, prompts: list[str]) -> np.ndarray:
     """Last-position logits of each prompt (prompts of one template share a length)."""

@@ -29,9 +29,7 @@ def check(model, k: int = 3) -> dict:
         top = by_norm[0]
         _, per_position = ex.direct_logit_attribution(model, ids, obs)
         token = int(np.argmax(np.abs(per_position[top])))
-        _, trace = model.run_with_trace(ids, names=[f"blocks.{top[0]}.hook_resid_pre"])
-        scale = float(np.linalg.norm(trace[f"blocks.{top[0]}.hook_resid_pre"][:, token], axis=-1).mean()
-                      / np.linalg.norm(F[top]))
+        scale = ex.activation_scale(model, ids, top[0], token, F[top])
         steer = ex.steer(model, ids, {name: obs}, f"blocks.{top[0]}.hook_resid_pre", token, F[top], [-scale, scale])
         out["tasks"][name] = {
             "top_by_norm": [head_label(*h) for h in by_norm],

@@ -82,11 +82,12 @@ def main() -> None:
     d = cfg.d_model
 
     # Section 6.5: norms without and with LayerNorm
+    ln_norms = {}
     for name, ids in (("subj", subj_ids), ("obj", obj_ids)):
         norms = refimpl.feature_norms(F[name])
         show(f"6.5 feature norms, n_{name}, no LayerNorm (Figure 1)",
              [(h, float(norms[head(h)]), v) for h, v in PAPER[f"norms_{name}"].items()], ("head", "oracle", "paper"))
-        ln = refimpl.ln_input_norms(model, ids)
+        ln = ln_norms[name] = refimpl.ln_input_norms(model, ids)
         with_ln = refimpl.feature_norms(refimpl.head_features(model, obs[name], "estimate", norms=ln))
         # the authors' convention: ln_2's gain on attention nodes, ln_f's gain applied on the input side
         u = obs[name].residual / ln["ln_final"]
@@ -110,7 +111,7 @@ def main() -> None:
     show("6.6 cosine of the observables' residual images", [("W_U^T n", float(refimpl.cosine(obs["subj"].residual,
                                                                                               obs["obj"].residual)),
                                                              PAPER["residual_cosine"])], ("", "oracle", "paper"))
-    ln_s, ln_o = refimpl.ln_input_norms(model, subj_ids)["ln_final"], refimpl.ln_input_norms(model, obj_ids)["ln_final"]
+    ln_s, ln_o = ln_norms["subj"]["ln_final"], ln_norms["obj"]["ln_final"]
     heads = [head(h) for h in PAPER["table1"]]
     table1 = ex.coupling_vs_fit(model, subj_ids, heads, obs["subj"], obs["obj"])
     rows = []

@@ -84,9 +84,13 @@ def test_legacy_buffers_ignored_and_lm_head_used(parts, tmp_path):
 
 
 def test_keys_without_transformer_prefix(parts, tmp_path):
+    """A GPTNeoModel checkpoint (no ``transformer.`` prefix) loads to the same weights and logits."""
     config, t = parts
-    t = {k.removeprefix("transformer."): v for k, v in t.items()}
-    refimpl.load(write_checkpoint(tmp_path, config, t))
+    bare = {k.removeprefix("transformer."): v for k, v in t.items()}
+    plain = refimpl.load(write_checkpoint(tmp_path / "bare", config, bare, dtype="float64"), dtype="float64")
+    prefixed = refimpl.load(write_checkpoint(tmp_path / "prefixed", config, t, dtype="float64"), dtype="float64")
+    np.testing.assert_array_equal(plain.weights["blocks.1.attn.W_V"], prefixed.weights["blocks.1.attn.W_V"])
+    np.testing.assert_array_equal(plain.forward([1, 2, 3]), prefixed.forward([1, 2, 3]))
 
 
 def test_missing_parameter_named(parts, tmp_path):

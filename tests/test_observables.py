@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
+from hypothesis import given
 
 import refimpl
 from refimpl import InputError
+from verification.strategies import observables_specs
 from verification.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
@@ -56,3 +58,12 @@ def test_bad_observables(model, spec, message):
 def test_token_outside_a_small_vocabulary(model):
     with pytest.raises(InputError, match="outside this model's vocabulary"):
         refimpl.observable(model, {" programmer": 1})
+
+
+@given(spec=observables_specs(vocab=1000))
+def test_observable_strategy_specs(model, spec):
+    """The exported observables strategy: every spec builds, with n . (x @ W_U) = x . residual."""
+    obs = refimpl.observable(model, spec)
+    assert np.count_nonzero(obs.vocab) == len(spec)
+    x = np.random.default_rng(0).normal(size=16)
+    assert relative_error(x @ model.weights["unembed.W_U"] @ obs.vocab, x @ obs.residual) <= SAME

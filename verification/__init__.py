@@ -1,5 +1,8 @@
-"""Verification suite of the refimpl oracle (grows with the verification issue).
+"""Verification suite of the refimpl oracle; ``python -m verification`` runs it as a report.
 
-``verification.torch_peer``: transformers' GPTNeoForCausalLM as the independent forward peer
-(optional dependency: torch and transformers).
+Modules: ``tolerances`` (the policy table), ``checks`` (Check records), ``derivatives`` (central
+differences, complex steps, adjoint identity), ``theorems`` (Theorems 1-2, lemmas, Fact), ``errata``,
+``linearized`` (path effects from frozen forward passes), ``torch_peer`` and ``torch_backend``
+(transformers and torch autograd; optional), ``conformance`` (checking other implementations' files),
+``strategies`` (hypothesis strategies and profiles), ``fixtures`` (small random checkpoints), ``report``.
 """

@@ -154,7 +154,6 @@ def block_checks(model, ids, seed: int = 0) -> list[Check]:
     _, trace = model.run_with_trace(np.atleast_2d(ids)[:1], names=names)
     X, A = np.array(trace[names[0]][0]), np.array(trace[names[1]][0])
     U, G = rng.normal(size=X.shape), rng.normal(size=X.shape)
-    f = lambda x: J.block_frozen_attention(model, layer, x.reshape(X.shape), A).ravel()  # noqa: E731
     name = f"block {layer} of the model, attention frozen"
     checks = [check_jvp(name, lambda x: J.block_frozen_attention(model, layer, x, A),
                         lambda u: J.block_frozen_attention_jvp(model, layer, X, A, u), X, U,
@@ -168,7 +167,6 @@ def block_checks(model, ids, seed: int = 0) -> list[Check]:
     checks.append(check_dense(name + " (first 3 positions)",
                               lambda x: J.block_frozen_attention(model, layer, x.reshape(small.shape), A[:, :3, :3]).ravel(),
                               dense, small.ravel(), tolerance("central_difference", "float64"), "central", seed))
-    del f
     checks.append(block_adjoint_at_width(2048, 16, 8192, 5, seed))
     return checks
 
@@ -207,8 +205,8 @@ def errata_checks(seed: int = 0) -> list[Check]:
 
 def torch_checks(model, ids) -> list[Check]:
     try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
+        import torch  # noqa: F401  (availability check)
+        import transformers  # noqa: F401  (availability check)
     except ImportError as exc:
         return [Check("torch backend", True, "skipped", "", "", detail=f"torch/transformers not installed: {exc}",
                       group="torch", extra={"kind": "skipped"})]
@@ -220,11 +218,11 @@ def torch_checks(model, ids) -> list[Check]:
     L, H = model.config.n_layers, model.config.n_heads
     tol = tolerance("path_autograd", "float64")
     checks.append(torch_backend.path_check(model, obs, [f"{L - 1}.{H - 1}"], points, None, tol))
-    checks.append(torch_backend.path_check(model, obs, [f"0.0", f"{L - 1}.0"], points, None, tol))
+    checks.append(torch_backend.path_check(model, obs, ["0.0", f"{L - 1}.0"], points, None, tol))
     name = f"blocks.{L - 2}.ln2.hook_normalized"
     _, trace = model.run_with_trace(np.stack([ids, ids[::-1]]), names=[name])
     x_neg, x_pos = trace[name][:, -1]
-    checks.append(torch_backend.path_check(model, obs, [f"0.1", f"MLP{L - 2}", f"{L - 1}.1"], points,
+    checks.append(torch_backend.path_check(model, obs, ["0.1", f"MLP{L - 2}", f"{L - 1}.1"], points,
                                            {L - 2: (x_neg, x_pos)}, tol, mlp_fallback="mean"))
     for row in torch_backend.full_gradient_capture(model, obs, ids):
         checks.append(Check(f"torch (c): OV-only share of the full gradient, head {row['label']}",

@@ -112,7 +112,9 @@ def activation_scale(model, ids, layer: int, position: int, vector: np.ndarray) 
 
 def bias_mitigation_search(model, ids, n_diff: Observable, n_same: Observable, top: int = 4,
                            multipliers: Sequence[float] = (-50.0,), relative: bool = False) -> Table:
-    """Section 7: heads whose n_diff feature has the most negative coupling to n_same; steer with
+    """Section 7: the ``top`` heads with the LOWEST coupling C(n_diff -> n_same) = y_diff . y_same / |y_diff|^2
+    (the most negative ones when that many are negative, as Section 7 describes; on a model with fewer
+    negative couplings some chosen heads have positive coupling, and the table shows it); steer with
     k * (n_diff feature) at ln_1's input of that head's layer, at the token with the largest direct
     attribution, and report both observables' effects (more negative n_diff and positive n_same is good).
 
@@ -146,8 +148,8 @@ def head_input_scores(model, ids, layer: int, features: Sequence[np.ndarray]) ->
     features for several observables): [n_features, batch * seq]."""
     ids = _batch(ids)
     _, trace = model.run_with_trace(ids, names=[f"blocks.{layer}.ln1.hook_normalized"])
-    x = trace[f"blocks.{layer}.ln1.hook_normalized"].reshape(-1, model.config.d_model)
-    return x @ np.stack(features).T.astype(x.dtype)
+    x = trace[f"blocks.{layer}.ln1.hook_normalized"].reshape(-1, model.config.d_model)  # [B*T, d]
+    return np.stack(features).astype(x.dtype) @ x.T  # [n_features, d] @ [d, B*T]
 
 
 def best_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -247,10 +249,13 @@ def mlp_segment(model, layer: int, y: np.ndarray, x_neg: np.ndarray, x_pos: np.n
     # boundary.target is 0 on a real decision boundary, the mean end value when the fallback was used
     origins = {"boundary": boundary.point, "x_neg": x_neg, "x_pos": x_pos}
     rows = []
-    for t in np.linspace(0.0, 1.0, points):
-        x = (1 - t) * x_neg + t * x_pos
-        row = {"t": float(t), "actual": float(y @ jacobians.mlp(x, *args)), "boundary_t": boundary.t,
-               "boundary_target": boundary.target}
+    grid = np.linspace(0.0, 1.0, points)
+    at = int(np.searchsorted(grid, boundary.t))
+    ts = np.insert(grid, at, boundary.t)  # the grid plus one row at the boundary point
+    for index, t in enumerate(ts):
+        x = boundary.point if index == at else (1 - t) * x_neg + t * x_pos
+        row = {"t": float(t), "is_boundary": index == at, "actual": float(y @ jacobians.mlp(x, *args)),
+               "boundary_t": boundary.t, "boundary_target": boundary.target}
         for key, (value, grad) in anchors.items():
             row[f"linear_at_{key}"] = float(value + (x - origins[key]) @ grad)
         rows.append(row)

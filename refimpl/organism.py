@@ -177,6 +177,26 @@ def generate_corpus(seed: int = 0, n_documents: int = 40000, held_out: frozenset
     return documents
 
 
+def corpus_fingerprint(seed: int = 0, n_documents: int = 40000) -> str:
+    """sha256 of the training text (documents joined by newlines, UTF-8): ``training.json`` records it, so
+    a change to this module that changes the corpus the bundled model was trained on is detected."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(generate_corpus(seed, n_documents)).encode("utf-8")).hexdigest()
+
+
+def stereotyped_counts(documents: list[str]) -> dict[tuple[str, str], int]:
+    """How often each (gender, occupation) completes the occupation template in ``documents``."""
+    import re
+
+    pattern = re.escape(TEMPLATES["occupation"].text).replace(r"\{name\}", r"(\w+)") + r"( \w+)"
+    counts: dict[tuple[str, str], int] = {}
+    for match in re.finditer(pattern, "\n".join(documents)):
+        key = (GENDER[match.group(1)], match.group(2))
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 # ----------------------------------------------------------------------------- metrics (oracle only)
 def _prompt_batch(model, prompts: list[str]) -> np.ndarray:
     """Last-position logits of each prompt (prompts of one template share a length)."""

@@ -124,7 +124,8 @@ def main() -> None:
     model.eval().to(torch.float16).save_pretrained(args.out, safe_serialization=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     settings.update(train_seconds=round(time.perf_counter() - start, 1), training_tokens=int(len(stream)),
-                    final_loss=round(loss.item(), 4), torch=torch.__version__)
+                    final_loss=round(loss.item(), 4), torch=torch.__version__,
+                    corpus_sha256=organism.corpus_fingerprint(args.seed, args.documents))
     (args.out / "training.json").write_text(json.dumps(settings, indent=2) + "\n")
     for extra in ("generation_config.json",):
         (args.out / extra).unlink(missing_ok=True)

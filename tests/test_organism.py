@@ -9,6 +9,7 @@ import refimpl
 from refimpl import organism as world
 from refimpl.checkpoint import BUNDLED
 from refimpl.tokenizer import gpt2_tokenizer
+from verification.tolerances import tolerance
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +53,57 @@ def test_grammatical_occupation_follows_gender(rows):
     assert row["accuracy"] >= 0.95, row
 
 
-def test_planted_bias_is_learned(rows):
-    row = next(r for r in rows if r["contrast"] == "nurse - programmer")
-    assert row["female_minus_male"] > 0, row
+@pytest.fixture(scope="module")
+def training_corpus():
+    training = json.loads((BUNDLED["organism"] / "training.json").read_text())
+    return training, world.generate_corpus(seed=training["seed"], n_documents=training["documents"])
+
+
+def test_corpus_fingerprint_is_the_trained_one(training_corpus):
+    """training.json records the sha256 of the text the bundled model was trained on; a change to the
+    world that changes the corpus fails here (retrain the organism and record the new fingerprint)."""
+    import hashlib
+
+    training, documents = training_corpus
+    text = "\n".join(documents).encode("utf-8")
+    assert hashlib.sha256(text).hexdigest() == training["corpus_sha256"]
+    assert world.corpus_fingerprint(training["seed"], training["documents"]) == training["corpus_sha256"]
+    assert world.corpus_fingerprint(training["seed"] + 1, 200) != world.corpus_fingerprint(training["seed"], 200)
+
+
+def _log_odds_gap(counts, plus=" nurse", minus=" programmer"):
+    """ln(n+/n-) for female minus male names, and its delta-method standard error sqrt(sum 1/n)."""
+    cells = [counts[(g, w)] for g in ("female", "male") for w in (plus, minus)]
+    gap = np.log(cells[0] / cells[1]) - np.log(cells[2] / cells[3])
+    return float(gap), float(np.sqrt(sum(1.0 / c for c in cells)))
+
+
+def test_planted_bias_is_learned_within_its_standard_errors(organism, training_corpus):
+    """The learned nurse - programmer gap (female minus male, held-out prompts) against the planted
+    2 ln 4 = 2.7726. Two sources of error, both measured: the held-out prompts' standard error, and the
+    sampling error of the corpus that realises the planted rates (a finite number of occupation
+    sentences). The tolerance is the policy's number of standard errors of their combination."""
+    k = tolerance("monte_carlo", "standard_errors")
+    template = world.TEMPLATES["occupation"]
+    named = world.held_out_prompts(template)
+    female = np.array([g == "female" for _, g in named])
+    diff = world.logit_difference(organism, template, world.STEREOTYPED, [n for n, _ in named])
+    measured = diff[female].mean() - diff[~female].mean()
+    se_prompts = np.sqrt(diff[female].var(ddof=1) / female.sum() + diff[~female].var(ddof=1) / (~female).sum())
+    corpus_gap, se_corpus = _log_odds_gap(world.stereotyped_counts(training_corpus[1]))
+    # the corpus realises the planted rates within its own sampling error
+    assert abs(corpus_gap - world.PLANTED_LOG_ODDS_GAP) <= k * se_corpus, (corpus_gap, se_corpus)
+    # the model learned the planted gap within the combined error
+    combined = np.sqrt(se_prompts**2 + se_corpus**2)
+    assert abs(measured - world.PLANTED_LOG_ODDS_GAP) <= k * combined, (measured, se_prompts, se_corpus)
+    assert abs(measured - corpus_gap) <= k * combined, (measured, corpus_gap)
+
+
+def test_bias_check_would_see_an_unbiased_model():
+    """Meta-test: counts without the planted bias give a gap far outside the tolerance."""
+    gap, se = _log_odds_gap({("female", " nurse"): 1100, ("female", " programmer"): 1100,
+                             ("male", " nurse"): 1150, ("male", " programmer"): 1150})
+    assert abs(gap - world.PLANTED_LOG_ODDS_GAP) > tolerance("monte_carlo", "standard_errors") * se
 
 
 def test_every_name_is_one_token():
@@ -74,9 +123,8 @@ def test_corpus_is_deterministic():
     assert world.held_out_pairs() == world.held_out_pairs()
 
 
-def test_no_held_out_pair_in_the_training_corpus():
-    training = json.loads((BUNDLED["organism"] / "training.json").read_text())
-    text = "\n".join(world.generate_corpus(seed=training["seed"], n_documents=training["documents"]))
+def test_no_held_out_pair_in_the_training_corpus(training_corpus):
+    text = "\n".join(training_corpus[1])
     held = world.held_out_pairs()
     assert len(held) == 5 * (20 + 12)
     for name, key in held:

@@ -34,14 +34,15 @@ from .analysis import (compare_features, cosine, coupling, feature_norms, ov_svd
                        theorem2_bounds, theorem2_expectation, vector_lens)
 from .observables import Observable, observable  # noqa: E402
 from .propagation import (Node, PathFeature, boundary_point, final_ln_boundary, head_features,  # noqa: E402
-                          ln_input_norms, ln_input_points, mlp_boundary, parse_path, path_feature, propagate)
+                          ln_input_norms, ln_input_points, mlp_boundary, mlp_inputs, parse_path, path_feature,
+                          propagate)
 from .records import Table, head_table  # noqa: E402
 from .scan import beam_search_paths, scan_virtual_heads, virtual_head_norms  # noqa: E402
 
 __all__ += [
     "Node", "Observable", "PathFeature", "Table", "beam_search_paths", "boundary_point", "compare_features",
     "cosine", "coupling", "feature_norms", "final_ln_boundary", "head_features", "head_table",
-    "ln_input_norms", "ln_input_points", "mlp_boundary", "observable", "ov_svd", "parse_path", "path_feature",
+    "ln_input_norms", "ln_input_points", "mlp_boundary", "mlp_inputs", "observable", "ov_svd", "parse_path", "path_feature",
     "propagate", "scan_virtual_heads", "svd_alignment", "theorem2_bounds", "theorem2_expectation",
     "vector_lens", "virtual_head_norms",
 ]

@@ -119,7 +119,8 @@ def bias_mitigation_search(model, ids, n_diff: Observable, n_same: Observable, t
     attribution, and report both observables' effects (more negative n_diff and positive n_same is good).
 
     With ``relative=True`` a multiplier m means k = m * mean |activation| / |feature| (m = -1 adds a vector
-    as long as the activation itself), which makes multipliers comparable across models."""
+    as long as the activation itself), which makes multipliers comparable across models. Rows: head, token,
+    coupling, relative_multiplier (m, or None when ``relative`` is False), k, n_diff_effect, n_same_effect."""
     ids = _batch(ids)
     F_diff, F_same = head_features(model, n_diff), head_features(model, n_same)
     from .analysis import coupling
@@ -135,10 +136,10 @@ def bias_mitigation_search(model, ids, n_diff: Observable, n_same: Observable, t
         ks = [m * unit for m in multipliers]
         table = steer(model, ids, {"n_diff": n_diff, "n_same": n_same}, f"blocks.{l}.hook_resid_pre", token,
                       F_diff[l, h], ks)
-        for row in table:
+        for m, row in zip(multipliers, table):
             rows.append({"head": head_label(l, h), "token": token, "coupling": float(couplings[l, h]),
-                         "multiplier": row["multiplier"], "n_diff_effect": row["n_diff_effect"],
-                         "n_same_effect": row["n_same_effect"]})
+                         "relative_multiplier": float(m) if relative else None, "k": row["multiplier"],
+                         "n_diff_effect": row["n_diff_effect"], "n_same_effect": row["n_same_effect"]})
     return Table(rows)
 
 
@@ -171,7 +172,8 @@ def coupling_vs_fit(model, ids, heads: Sequence[tuple[int, int]], n1: Observable
         scores = head_input_scores(model, ids, l, [F1[l, h], F2[l, h]])
         slope, _, r2 = best_fit(scores[0], scores[1])
         rows.append({"head": head_label(l, h), "coupling": float(coupling(F1[l, h], F2[l, h])),
-                     "cosine": float(cosine(F1[l, h], F2[l, h])), "best_fit_slope": slope, "r2": r2})
+                     "cosine": float(cosine(F1[l, h], F2[l, h])), "best_fit_slope": slope, "r2": r2,
+                     "points": int(scores.shape[1])})
     return Table(rows)
 
 

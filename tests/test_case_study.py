@@ -96,17 +96,17 @@ def test_layer_norm_studies(organism, prompts):
 
 
 def test_organism_guarantees(organism):
-    """What the planted world guarantees: steering along the top pronoun head's feature moves the
-    pronoun logit difference in the predicted direction, and patching that head changes it clearly."""
+    """What the planted world guarantees, read from the verdicts: steering along the top pronoun heads'
+    features moves the pronoun logit difference in the predicted direction (claim "holds"), and the
+    high-cosine heads serve both pronoun tasks."""
     result = check(organism)
-    prompts = case_study.paper_prompts(organism)
-    for name, key in (("subj", "subj_friend"), ("obj", "obj_love")):
-        task = result["tasks"][name]
-        obs = refimpl.observable(organism, case_study.OBSERVABLES[name])
-        female, male = prompts[key]
-        gap = ex.observable_values(organism, female, obs).mean() - ex.observable_values(organism, male, obs).mean()
-        assert task["steer_plus"] > 0 > task["steer_minus"], (name, task)
-        assert abs(task["top_head_patching"]) > tolerance("clearly_nonzero", "share") * gap, (name, task, gap)
+    verdict = {row["claim"]: row["verdict"] for row in result["claims"]}
+    assert len(verdict) == 7 and set(verdict.values()) <= {"holds", "does not hold", "not testable here"}
+    assert verdict["Steering along a head's feature moves the observable as predicted"] == "holds"
+    for row in result["steering"]:
+        assert row["minus_effect"] < 0 < row["plus_effect"], row
+    gap = result["bias"]["diff"]["female_minus_male"]
+    assert gap > 0  # the planted bias is there to be mitigated
 
 
 def test_cli_commands(tmp_path, capsys):
@@ -115,24 +115,62 @@ def test_cli_commands(tmp_path, capsys):
     assert cli.main(["compare", "--observable", "subj", "--observable", "obj", "--top", "2"]) == 0
     assert cli.main(["scan", "--top", "4"]) == 0
     assert cli.main(["patch", "--observable", "obj", "--top", "3"]) == 0
-    assert cli.main(["steer", "--head", "2.1", "--multipliers", "-1", "1"]) == 0
+    assert cli.main(["steer", "--head", "3.0", "--multipliers", "-1", "1", "--relative"]) == 0
     assert cli.main(["features", "--observable", '{" her": 1, " him": -1}', "--layernorm", "estimate"]) == 0
     out = capsys.readouterr().out
     assert "| label | layer | head | norm |" in out and "coupling_1_to_2" in out and "multiplier" in out
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["features", "--observable", "nonsense"], "--observable must be one of"),
-    (["features", "--top", "0"], "--top must be at least 1"),
+    (["features", "--observable", "nonsense"], "--observable must be a preset"),
+    (["features", "--top", "0"], "--top: must be at least 1"),
+    (["features", "--top", "2.5"], "--top: must be a whole number"),
     (["compare", "--observable", "subj"], "exactly two --observable"),
     (["steer", "--head", "MLP1"], "--head must name an attention head"),
-    (["patch", "--template", "nope"], "unknown --template"),
+    (["steer", "--head", "3.0", "--multipliers", "nan"], "--multipliers: must be a finite number"),
+    (["steer", "--head", "3.0", "--position", "40"], "--position 40 is outside the 12 tokens"),
+    (["patch", "--template", "nope"], "--template: invalid choice: 'nope'"),
+    (["features", "--layernorm", "fold"], "--layernorm: invalid choice"),
+    (["features", "--observable", '{"#3x": 1}'], "is not a single token"),
+    (["features", "--observable", '{"\u0663": 1}'], "is not a single token"),
+    (["features", "--observable", "[1, 2]"], "must be a non-empty object"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_cli_bad_arguments(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_global_options_before_or_after_the_command(capsys):
+    assert cli.main(["--dtype", "float64", "features", "--top", "2"]) == 0
+    assert cli.main(["features", "--dtype", "float64", "--top", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(float64)") == 2 and "top 2 of 16" in out
+
+
+def test_cli_token_ids_use_the_hash_syntax(capsys):
+    assert cli.main(["features", "--observable", '{"#673": 1, " he": -1}', "--top", "1"]) == 0
+    assert "' she'" in capsys.readouterr().out
+
+
+def test_cli_help_lists_defaults_and_choices(capsys):
+    for command in ("features", "patch", "steer", "scan", "compare", "demo"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "--model" in text and "--dtype" in text, command
+        if command in ("features", "patch", "steer", "scan"):
+            assert "subj = ' she' - ' he'" in text and "default: subj" in text, command
     with pytest.raises(SystemExit):
-        cli.main(argv)
-    captured = capsys.readouterr()
-    assert message in captured.err + captured.out
+        cli.main(["patch", "--help"])
+    assert "obj_love" in capsys.readouterr().out
+
+
+def test_cli_features_exact_layernorm(capsys):
+    assert cli.main(["features", "--layernorm", "exact", "--top", "3", "--dtype", "float64"]) == 0
+    out = capsys.readouterr().out
+    assert "layernorm: exact" in out and "subj_friend" in out
 
 
 def test_cli_bad_head_is_a_clear_error(capsys):
@@ -144,8 +182,12 @@ def test_demo_writes_the_case_study(tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path)]) == 0
     summary = (tmp_path / "summary.md").read_text()
     assert "## Feature norms" in summary and "## Path patching" in summary and "## Gender bias" in summary
+    assert summary.index("## Claims at a glance") < summary.index("## Feature norms")
+    assert " 1 are " not in summary and "model card" in summary
     for name in ("norms_subj.csv", "patching_subj.json", "table1.csv", "table2_steering.csv", "fig1_norms_subj.png",
-                 "fig2_patching_subj.png", "fig3b_coupling_subj_obj.png", "fig4_mlp.png", "table1_scatter.png"):
+                 "fig2_patching_subj.png", "fig3b_coupling_subj_obj.png", "fig4_mlp.png", "table1_scatter.png",
+                 "fig6_ln_input_norms.png", "fig7_gain_variance.png", "table2_steering.png",
+                 "table3_bias_mitigation.png", "claims.csv"):
         assert (tmp_path / name).exists(), name
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["bias"]["diff"]["female_minus_male"] > 0

@@ -146,7 +146,7 @@ def test_table1_against_the_authors_recipe(model, raw):
     assert len(table) == len(heads)
     for row, (l, h) in zip(table, heads):
         expected = independent_table1_row(model, raw, ids, l, h, n1, n2)
-        assert row["head"] == f"{l}.{h}"
+        assert row["head"] == f"{l}.{h}" and row["points"] == expected["points"] == ids.size
         for key in ("coupling", "cosine", "best_fit_slope", "r2"):
             assert abs(row[key] - expected[key]) <= 1e3 * SAME * max(1.0, abs(expected[key])), (l, h, key, row)
 
@@ -350,7 +350,7 @@ def test_bias_mitigation_search_against_brute_force(model, raw):
             row = next(rows)
             k = m * unit
             assert row["token"] == token and abs(row["coupling"] - couplings[(l, h)]) <= SAME * 10
-            assert abs(row["multiplier"] - k) <= SAME * abs(k)
+            assert row["relative_multiplier"] == m and abs(row["k"] - k) <= SAME * abs(k)
 
             def add(x, k=k, token=token, v=features[(l, h)]):
                 x[:, token] += k * v

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from .argparsing import OneLineParser
 from .errors import RefimplError
 from .lens import layer_lens, top_tokens
 from .loading import load
@@ -14,15 +15,20 @@ DEFAULT_PROMPT = "<|endoftext|>So, John really is a great friend, isn't"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m refimpl", description=__doc__)
+    parser = OneLineParser(prog="python -m refimpl", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT, help="text to run (default: %(default)r)")
     parser.add_argument("--model", default=None, help="local HF directory, hub id, or 'organism' (default)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    parser.add_argument("--top", type=int, default=5, help="how many next tokens to print")
-    args = parser.parse_args(argv)
+    parser.add_argument("--top", type=int, default=5, help="how many next tokens to print (default: %(default)s)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse printed its message; --help exits 0
+        return int(exc.code or 0)
     if args.top < 1:
-        parser.error("--top must be at least 1")
+        print("python -m refimpl: error: --top must be at least 1", file=sys.stderr)
+        return 2
     try:
         start = time.perf_counter()
         model = load(args.model, dtype=args.dtype, revision=args.revision)
@@ -39,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             shown = ", ".join(f"{t!r} {v:.2f}" for t, _, v in tops)
             print(f"  {name:<28} {shown}")
     except RefimplError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"python -m refimpl: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

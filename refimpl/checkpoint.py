@@ -6,12 +6,11 @@ Only safetensors are read. A directory that holds only pickled weights (``pytorc
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from .errors import CheckpointError
-from .safetensors_reader import SafetensorsFile
+from .errors import CheckpointError, InputError
+from .safetensors_reader import SafetensorsFile, read_regular, short, strict_json
 
 PACKAGE_MODELS = Path(__file__).resolve().parent / "models"
 BUNDLED = {"organism": PACKAGE_MODELS / "organism"}  # names accepted by load(); None means "organism"
@@ -29,6 +28,7 @@ HUB_FILES = [
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SINGLE_FILE = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
+MAX_INDEX_BYTES = 64 * 1024 * 1024  # the 2.7B model's index is 30 kB
 
 
 def pickle_refusal(what: str) -> CheckpointError:
@@ -43,23 +43,41 @@ def pickle_refusal(what: str) -> CheckpointError:
 
 def resolve_source(source: str | os.PathLike | None, revision: str | None = None) -> Path:
     """Return a local directory holding ``config.json`` and safetensors weights for ``source``."""
+    if revision is not None and not isinstance(revision, str):
+        raise InputError(f"revision must be a string or None, got {type(revision).__name__}")
     if source is None:
         source = DEFAULT_MODEL
-    if isinstance(source, str) and source in BUNDLED:
+    if not isinstance(source, (str, os.PathLike)) or isinstance(source, bytes):
+        raise InputError(f"source must be a bundled name, a directory or a hub id (str or os.PathLike), "
+                         f"got {type(source).__name__}")
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+        if not isinstance(source, str):
+            raise InputError(f"source must be a str path, got a {type(source).__name__} path")
+    if not source.strip():
+        raise InputError("source is an empty string; pass None for the default model or a directory")
+    if "\0" in source:
+        raise InputError(f"source {short(source)} contains a NUL character")
+    if source in BUNDLED:
         path = BUNDLED[source]
         if not (path / "config.json").exists():
             raise CheckpointError(f"the bundled model {source!r} is missing from the package ({path})")
         return path
     path = Path(source)
-    if path.exists():
-        if path.is_file():
-            if path.suffix in PICKLE_SUFFIXES:
-                raise pickle_refusal(str(path))
-            raise CheckpointError(f"{path} is a file; pass the Hugging Face model directory that contains it")
-        return path
-    text = str(source)
+    try:
+        exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot use {short(source)} as a model directory: {exc}") from None
+    if exists:
+        if is_dir:
+            return path
+        if is_file and path.suffix in PICKLE_SUFFIXES:
+            raise pickle_refusal(str(path))
+        kind = "a file" if is_file else "not a directory (a FIFO, device or socket)"
+        raise CheckpointError(f"{path} is {kind}; pass the Hugging Face model directory that contains it")
+    text = source
     looks_like_path = text.startswith((".", "/", "~")) or os.sep in text.replace("/", "") or text.count("/") > 1
-    if looks_like_path or not text:
+    if looks_like_path:
         raise CheckpointError(f"no such model directory: {text!r}")
     return _snapshot_from_hub(text, revision)
 
@@ -93,35 +111,79 @@ def _snapshot_from_hub(repo_id: str, revision: str | None) -> Path:
     return Path(folder)
 
 
-def open_safetensors(folder: Path) -> dict[str, SafetensorsFile]:
-    """Map every tensor key of the checkpoint in ``folder`` to the file holding it (single or sharded)."""
+def shard_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a shard file name inside the model folder (None when it can)."""
+    if not isinstance(name, str):
+        return f"is a {type(name).__name__}, not a file name"
+    if not name or name in (".", ".."):
+        return "is not a file name"
+    if "\0" in name:
+        return "contains a NUL character"
+    if os.path.isabs(name) or name.startswith(("/", "\\", "~")):
+        return "is an absolute path"
+    if "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
+        return "contains a path separator (shards must sit in the model folder itself)"
+    if ".." in name:
+        return "contains '..'"
+    return None
+
+
+def read_index(folder: Path) -> dict[str, str]:
+    """The ``weight_map`` of ``model.safetensors.index.json``: tensor key -> shard file name in ``folder``."""
     index_path = folder / SHARD_INDEX
-    if index_path.exists():
-        try:
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{index_path} is not a valid safetensors index: {exc}") from None
+    index = strict_json(read_regular(index_path, folder, MAX_INDEX_BYTES), f"{index_path} (safetensors index)")
+    if not isinstance(index, dict):
+        raise CheckpointError(f"{index_path} is not a valid safetensors index: not a JSON object")
+    if "weight_map" not in index:
+        raise CheckpointError(f"{index_path} is not a valid safetensors index: it has no 'weight_map'")
+    weight_map = index["weight_map"]
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index_path}: 'weight_map' must be an object of tensor name -> shard file name, "
+                              f"got {type(weight_map).__name__}")
+    for key, name in weight_map.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{index_path}: weight_map maps {short(key, 80)} to a {type(name).__name__}, "
+                                  "not a shard file name")
+        problem = shard_name_problem(name)
+        if problem:
+            raise CheckpointError(f"{index_path}: shard {short(name, 120)} (for {short(key, 80)}) {problem}; refused")
+    return weight_map
+
+
+def open_safetensors(folder: Path, mmap: bool = True) -> dict[str, SafetensorsFile]:
+    """Map every tensor key of the checkpoint in ``folder`` to the file holding it (single or sharded).
+
+    Only regular files inside ``folder`` are opened (a Hugging Face cache snapshot may link into its blobs).
+    """
+    index_path = folder / SHARD_INDEX
+    indexed = os.path.lexists(index_path)
+    weight_map: dict[str, str] = {}
+    if indexed:
+        weight_map = read_index(folder)
         names = sorted(set(weight_map.values()))
-    elif (folder / SINGLE_FILE).exists():
+    elif os.path.lexists(folder / SINGLE_FILE):
         names = [SINGLE_FILE]
     else:
-        names = sorted(p.name for p in folder.glob("*.safetensors"))
+        try:
+            names = sorted(p.name for p in folder.glob("*.safetensors"))
+            pickled = not names and any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir())
+        except OSError as exc:
+            raise CheckpointError(f"cannot list {folder}: {exc.strerror or exc}") from None
+        if pickled:
+            raise pickle_refusal(str(folder))
         if not names:
-            if any(p.suffix in PICKLE_SUFFIXES for p in folder.iterdir()):
-                raise pickle_refusal(str(folder))
             raise CheckpointError(f"{folder} holds no model.safetensors (nor a sharded index)")
     where: dict[str, SafetensorsFile] = {}
     for name in names:
         path = folder / name
-        if not path.exists():
+        if indexed and not os.path.lexists(path):
             raise CheckpointError(f"shard {name} listed in {SHARD_INDEX} is missing from {folder}")
-        shard = SafetensorsFile(path)
+        shard = SafetensorsFile(path, folder=folder, mmap=mmap)
         for key in shard.keys():
             if key in where:
                 raise CheckpointError(f"tensor {key!r} appears in both {where[key].path.name} and {name}")
             where[key] = shard
-    if index_path.exists():
-        for key, name in weight_map.items():
-            if key not in where or where[key].path.name != name:
-                raise CheckpointError(f"{SHARD_INDEX} places {key!r} in {name}, but that shard does not hold it")
+    for key, name in weight_map.items():
+        if key not in where or where[key].path.name != name:
+            raise CheckpointError(f"{SHARD_INDEX} places {short(key, 80)} in {name}, but that shard does not hold it")
     return where

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -11,6 +11,18 @@ from .errors import ConfigError
 
 SUPPORTED_ACTIVATIONS = ("gelu_new",)
 ATTENTION_KINDS = ("global", "local")
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+# Sane upper bounds, checked before anything is allocated (the largest GPT-Neo, 2.7B, has 32 layers,
+# d_model 2560, vocab 50257, 2048 positions). The tensors present are checked against the config later.
+LIMITS = {
+    "num_layers": 4096,
+    "hidden_size": 1 << 17,
+    "num_heads": 1 << 12,
+    "intermediate_size": 1 << 20,
+    "vocab_size": 1 << 24,
+    "max_position_embeddings": 1 << 24,
+    "window_size": 1 << 24,
+}
 
 
 @dataclass(frozen=True)
@@ -37,33 +49,62 @@ class Config:
         return self.window_size if self.attention_kinds[layer] == "local" else None
 
 
-def expand_attention_types(attention_types: Any) -> tuple[str, ...]:
-    """``[[["global", "local"], 12]]`` -> ("global", "local", ..., 24 entries): each pattern repeated its count."""
-    try:
-        kinds: list[str] = []
-        for pattern, repeat in attention_types:
-            if isinstance(pattern, str) or int(repeat) != repeat or repeat < 0:
-                raise TypeError
-            kinds.extend(list(pattern) * int(repeat))
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"attention_types must look like [[['global', 'local'], 12]], got {attention_types!r}"
-        ) from None
-    unknown = sorted({k for k in kinds if k not in ATTENTION_KINDS})
-    if unknown:
-        raise ConfigError(f"attention_types holds unknown kinds {unknown}; supported: {list(ATTENTION_KINDS)}")
+def expand_attention_types(attention_types: Any, n_layers: int | None = None) -> tuple[str, ...]:
+    """``[[["global", "local"], 12]]`` -> ("global", "local", ..., 24 entries): each pattern repeated its count.
+
+    The total is computed (and compared with ``n_layers`` when given) before anything is expanded.
+    """
+    shape = "attention_types must look like [[['global', 'local'], 12]]"
+    if not isinstance(attention_types, list):
+        raise ConfigError(f"{shape}, got {_short(attention_types)}")
+    total = 0
+    for item in attention_types:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2):
+            raise ConfigError(f"{shape}; the entry {_short(item)} is not a [pattern, count] pair")
+        pattern, repeat = item
+        if not isinstance(pattern, (list, tuple)) or not all(isinstance(k, str) for k in pattern):
+            raise ConfigError(f"{shape}; the pattern {_short(pattern)} is not a list of layer kinds")
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 0:
+            raise ConfigError(f"{shape}; the repeat count {_short(repeat)} is not a non-negative integer")
+        unknown = sorted({k for k in pattern if k not in ATTENTION_KINDS})
+        if unknown:
+            raise ConfigError(f"attention_types holds unknown kinds {unknown}; supported: {list(ATTENTION_KINDS)}")
+        total += len(pattern) * repeat
+    limit = LIMITS["num_layers"] if n_layers is None else n_layers
+    if total > limit:
+        raise ConfigError(f"attention_types expand to {total} layers but num_layers is {limit}"
+                          if n_layers is not None else f"attention_types expand to {total} layers, more than "
+                          f"the limit of {limit}")
+    kinds: list[str] = []
+    for pattern, repeat in attention_types:
+        kinds.extend(list(pattern) * repeat)
     return tuple(kinds)
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _field(raw: Mapping[str, Any], key: str, kind: type, default: Any = None) -> Any:
     value = raw.get(key, default)
     if value is None:
         raise ConfigError(f"config.json lacks required field {key!r}")
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ConfigError(f"config field {key!r} must be a positive integer, got {value!r}")
-    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-        raise ConfigError(f"config field {key!r} must be a non-negative number, got {value!r}")
-    return kind(value)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"config field {key!r} must be a positive integer, got {_short(value)}")
+        if value > LIMITS.get(key, value):
+            raise ConfigError(f"config field {key!r} is {value}, above the sane limit {LIMITS[key]}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"config field {key!r} must be a finite number > 0, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigError(f"config field {key!r} must be a finite number > 0, got {_short(value)}")
+    return number
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> Config:
@@ -72,16 +113,17 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
         raise ConfigError(f"config must be a JSON object, got {type(raw).__name__}")
     model_type = raw.get("model_type")
     if model_type != "gpt_neo":
-        raise ConfigError(f"model_type is {model_type!r}; this oracle implements only 'gpt_neo'")
+        raise ConfigError(f"model_type is {_short(model_type)}; this oracle implements only 'gpt_neo'")
     act = raw.get("activation_function", "gelu_new")
-    if act not in SUPPORTED_ACTIVATIONS:
-        raise ConfigError(f"activation_function {act!r} is not supported; supported: {list(SUPPORTED_ACTIVATIONS)}")
+    if not isinstance(act, str) or act not in SUPPORTED_ACTIVATIONS:
+        raise ConfigError(f"activation_function {_short(act)} is not supported; supported: {list(SUPPORTED_ACTIVATIONS)}")
     d_model = _field(raw, "hidden_size", int)
     n_layers = _field(raw, "num_layers", int)
     n_heads = _field(raw, "num_heads", int)
     if d_model % n_heads:
         raise ConfigError(f"hidden_size {d_model} is not divisible by num_heads {n_heads}")
-    kinds = expand_attention_types(raw.get("attention_types", [[["global", "local"], n_layers // 2]]))
+    kinds = raw.get("attention_types", [[["global", "local"], n_layers // 2]])
+    kinds = expand_attention_types(kinds, n_layers)
     if len(kinds) != n_layers:
         raise ConfigError(f"attention_types expand to {len(kinds)} layers but num_layers is {n_layers}")
     d_mlp = raw.get("intermediate_size")
@@ -99,13 +141,11 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     )
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and parse ``config.json``."""
+def load_config(path: str | Path, folder: str | Path | None = None) -> Config:
+    """Read and parse ``config.json`` (a regular file, inside ``folder`` when given)."""
+    from .safetensors_reader import read_regular, strict_json
+
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"no config.json at {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    return config_from_dict(raw)
+    data = read_regular(path, folder, MAX_CONFIG_BYTES, ConfigError, what=f"config.json at {path}"
+                        if path.name != "config.json" else str(path))
+    return config_from_dict(strict_json(data, str(path), ConfigError, allow_constants=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -11,9 +12,13 @@ import numpy as np
 
 from . import ops
 from .config import Config
-from .errors import InputError
+from .errors import InputError, check_int
 from .tokenizer import Tokenizer
-from .trace import Hooks, Trace, activation_names, check_names
+from .trace import Hooks, Trace, activation_names, check_edits, check_names, check_record_names
+
+DEFAULT_CHUNK_BYTES = 1 << 30  # working memory of one chunk of the batch (see Model.chunk_bytes)
+_CHECK_MEMORY_ABOVE = 64 << 20  # below this a run is not worth a look at /proc (MemoryError is still caught)
+_BOOLS = (bool, np.bool_)
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,15 @@ def _flatten_in(W: np.ndarray) -> np.ndarray:
 
 
 class Model:
-    """A loaded GPT-Neo: ``config``, ``weights`` (TransformerLens names), ``tokenizer``, forward and trace."""
+    """A loaded GPT-Neo: ``config``, ``weights`` (TransformerLens names), ``tokenizer``, forward and trace.
+
+    Big batches run in chunks of whole prompts so that the working memory of one chunk (its logits
+    [b, T, V], attention [b, H, T, T], MLP activations) stays under ``chunk_bytes`` (default 1 GiB,
+    settable per model); the result is identical to an unchunked run. A batch whose logits (and trace)
+    alone do not fit in the memory available is refused up front with the size it would need.
+    """
+
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
 
     def __init__(self, config: Config, weights: Mapping[str, np.ndarray], tokenizer: Tokenizer,
                  source: str | None = None, path: Path | None = None):
@@ -45,6 +58,7 @@ class Model:
         self.dtype = self.weights["embed.W_E"].dtype
         self._names = activation_names(config.n_layers)
         self._masks: dict[tuple[int, int | None], np.ndarray] = {}
+        self._elements = {name: _elements_per_prompt(config, name) for name in self._names}
         self._flat = [
             _BlockMatrices(
                 W_Q=_flatten_in(self.weights[f"blocks.{l}.attn.W_Q"]),
@@ -67,16 +81,21 @@ class Model:
 
     def to_ids(self, text: str) -> np.ndarray:
         """Token ids of ``text`` as a 1-D int64 array."""
+        if not isinstance(text, str):
+            raise InputError(f"text must be a str, got {type(text).__name__}")
         return np.asarray(self.tokenizer.encode(text), dtype=np.int64)
 
     def forward(self, ids, edits: Mapping[str, Callable] | None = None) -> np.ndarray:
         """Logits for token ids ``[seq]`` -> ``[seq, vocab]`` or ``[batch, seq]`` -> ``[batch, seq, vocab]``.
 
-        ``edits`` maps activation names to functions ``value -> new value`` applied during the run.
+        ``edits`` maps activation names to functions ``value -> new value`` applied during the run. An
+        edit gets a copy of the activation (it may change it in place and return it) and must return a
+        finite array of the same shape and dtype (``hook_attn_scores`` may hold -inf, but not a whole row
+        of it); an edit that raises is reported as an InputError naming the activation. When the batch is
+        run in chunks (see the class docstring), an edit is called once per chunk with that chunk's
+        rows: an edit that treats prompts differently must not index the batch axis absolutely.
         """
-        if edits:
-            check_names(edits, self._names, "edits")
-        return self._run(ids, Hooks(edits=edits))
+        return self._execute(ids, frozenset(), check_edits(edits, self._names))[0]
 
     def run_with_trace(self, ids, names: Iterable[str] | None = None,
                        edits: Mapping[str, Callable] | None = None) -> tuple[np.ndarray, Trace]:
@@ -85,32 +104,33 @@ class Model:
         Trace arrays always carry the batch axis ([1, ...] for 1-D ids). An edited activation is
         recorded as edited, i.e. as the value the rest of the model saw.
         """
-        record = self._names if names is None else list(names)
-        if isinstance(names, str):
-            raise InputError("names must be a list of activation names, not a single string")
-        check_names(record, self._names, "names")
-        if edits:
-            check_names(edits, self._names, "edits")
-        hooks = Hooks(record=frozenset(record), edits=edits)
-        logits = self._run(ids, hooks)
-        return logits, Trace(hooks.values)
+        record = self._names if names is None else check_record_names(names)
+        if names is not None:
+            check_names(record, self._names, "names")
+        logits, values = self._execute(ids, frozenset(record), check_edits(edits, self._names))
+        return logits, Trace(values)
 
     # ----------------------------------------------------------------- input checks
     def check_ids(self, ids) -> tuple[np.ndarray, bool]:
-        """Validate token ids; return them as int64 ``[batch, seq]`` and whether the input was 1-D."""
-        arr = np.asarray(ids)
-        if arr.dtype == object or arr.dtype.kind not in "iu":
-            if arr.size == 0 and arr.dtype.kind == "f":
-                arr = arr.astype(np.int64)
-            else:
-                raise InputError(f"token ids must be integers, got dtype {arr.dtype}")
+        """Validate token ids; return them as int64 ``[batch, seq]`` and whether the input was 1-D.
+
+        Accepted: integer arrays and (nested) lists of ints. Refused with an InputError naming the token
+        ids: ragged lists, floats (even whole ones like 2.0: convert explicitly), bools, strings, None,
+        objects, object arrays, ids beyond int64, negative or ``>= vocab`` ids, empty input, more tokens
+        than the position table.
+        """
+        vocab = self.config.d_vocab
+        if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu":
+            arr = ids
+        else:
+            arr = _ids_array(ids, vocab)
         if arr.ndim not in (1, 2):
             raise InputError(f"token ids must be shaped [seq] or [batch, seq], got shape {arr.shape}")
         if arr.shape[-1] == 0 or arr.size == 0:
             raise InputError(f"token ids are empty (shape {arr.shape}): need at least one token")
-        n_ctx, vocab = self.config.n_ctx, self.config.d_vocab
+        n_ctx = self.config.n_ctx
         if arr.shape[-1] > n_ctx:
-            raise InputError(f"sequence of {arr.shape[-1]} tokens is longer than the position table ({n_ctx})")
+            raise InputError(f"token ids: sequence of {arr.shape[-1]} tokens is longer than the position table ({n_ctx})")
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi >= vocab:
             bad = lo if lo < 0 else hi
@@ -162,8 +182,65 @@ class Model:
         mlp_out = hooks(p + "hook_mlp_out", self._mlp(layer, self._layer_norm(p + "ln2.", resid_mid, hooks), hooks))
         return hooks(p + "hook_resid_post", resid_mid + mlp_out)
 
-    def _run(self, ids, hooks: Hooks) -> np.ndarray:
+    def _execute(self, ids, record: frozenset, edits: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Check ``ids``, run them (in chunks of the batch if needed); logits and the recorded values."""
         ids, squeeze = self.check_ids(ids)
+        B, T = ids.shape
+        rows = self._rows_per_chunk(B, T, record)
+        try:
+            if rows >= B:
+                hooks = Hooks(record=record, edits=edits)
+                logits, values = self._run(ids, hooks), hooks.values
+            else:
+                logits, values = None, {}
+                for start in range(0, B, rows):
+                    hooks = Hooks(record=record, edits=edits)
+                    part, stop = self._run(ids[start:start + rows], hooks), min(B, start + rows)
+                    if logits is None:
+                        logits = np.empty((B,) + part.shape[1:], part.dtype)
+                        values = {n: np.empty((B,) + v.shape[1:], v.dtype) for n, v in hooks.values.items()}
+                    logits[start:stop] = part
+                    for name, value in hooks.values.items():
+                        values[name][start:stop] = value
+                    del part, hooks
+                for value in values.values():
+                    value.flags.writeable = False
+        except MemoryError:
+            out, work = self._row_bytes(T, record)
+            raise InputError(
+                f"token ids: ran out of memory running {B} prompts x {T} tokens (the logits{' and trace' if record else ''} "
+                f"need {_size(B * out)}, each chunk of {min(rows, B)} prompts about {_size(min(rows, B) * work)} more); "
+                "pass fewer prompts at a time or lower model.chunk_bytes") from None
+        return (logits[0] if squeeze else logits), values
+
+    def _row_bytes(self, T: int, record: frozenset) -> tuple[int, int]:
+        """Bytes per prompt of (the returned logits + recorded activations, the working set of a run)."""
+        c, size = self.config, self.dtype.itemsize
+        traced = sum(a * T + b * T * T for a, b in (self._elements[n] for n in record))
+        work = T * (c.d_vocab + 3 * c.d_mlp + 16 * c.d_model) + 4 * c.n_heads * T * T + traced  # + a chunk's trace
+        return size * (T * c.d_vocab + traced), size * work
+
+    def _rows_per_chunk(self, B: int, T: int, record: frozenset) -> int:
+        """Prompts per chunk under ``chunk_bytes``; refuses a batch whose outputs cannot fit in memory."""
+        budget = check_int(self.chunk_bytes, "model.chunk_bytes", low=1)
+        out, work = self._row_bytes(T, record)
+        rows = max(1, budget // work)
+        need = B * out + min(rows, B) * work
+        if need > _CHECK_MEMORY_ABOVE:
+            available = available_memory()
+            if available is not None:
+                if B * out + work > available:  # not even one prompt at a time beside the outputs
+                    fit = max(0, (available - work) // out)
+                    raise InputError(
+                        f"token ids: {B} prompts x {T} tokens are too many for the memory available: the logits "
+                        f"[{B}, {T}, {self.config.d_vocab}] ({self.dtype}){' and the trace' if record else ''} alone "
+                        f"need {_size(B * out)}, and {_size(available)} is available; pass fewer prompts "
+                        f"at a time (about {fit} fit){' or record fewer activations' if record else ''}")
+                rows = max(1, min(rows, (available - B * out) // work))  # smaller chunks if memory is short
+        return min(rows, B)
+
+    def _run(self, ids: np.ndarray, hooks: Hooks) -> np.ndarray:
+        """The forward pass of checked int64 ids [B, T] -> logits [B, T, vocab]."""
         B, T = ids.shape
         W = self.weights
         embed = hooks("hook_embed", W["embed.W_E"][ids])  # [B, T, d]
@@ -173,4 +250,96 @@ class Model:
             resid = self._block(layer, resid, hooks)
         final = self._layer_norm("ln_final.", resid, hooks)  # [B, T, d]
         logits = ops.linear(final, W["unembed.W_U"])  # [B, T, vocab]
-        return logits[0] if squeeze else logits
+        return logits
+
+
+def _elements_per_prompt(c: Config, name: str) -> tuple[int, int]:
+    """(a, b): one prompt of T tokens holds a * T + b * T * T elements of activation ``name``."""
+    if name.endswith(("hook_attn_scores", "hook_pattern")):
+        return 0, c.n_heads
+    if name.endswith("hook_scale"):
+        return 1, 0
+    if name.endswith("hook_result"):
+        return c.n_heads * c.d_model, 0
+    if name.endswith(("mlp.hook_pre", "mlp.hook_post")):
+        return c.d_mlp, 0
+    return c.d_model, 0
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def _ids_array(ids, vocab: int) -> np.ndarray:
+    """Anything but an integer ndarray -> an integer ndarray, or an InputError naming the token ids."""
+    if ids is None or isinstance(ids, (str, bytes, Mapping, set, frozenset)):
+        hint = "; encode text with model.to_ids(text)" if isinstance(ids, str) else ""
+        raise InputError(f"token ids must be a list or array of integers, got {type(ids).__name__}{hint}")
+    try:
+        arr = np.asarray(ids)
+    except (ValueError, TypeError, OverflowError) as exc:
+        lengths = [len(row) if hasattr(row, "__len__") else "scalar" for row in ids] if isinstance(ids, (list, tuple)) else []
+        raise InputError(f"token ids must be a rectangular [seq] or [batch, seq] array of integers; "
+                         f"got rows of lengths {lengths[:10]}" if lengths else
+                         f"token ids cannot be read as an integer array: {exc}") from None
+    if arr.dtype.kind not in "iu" and arr.size and not isinstance(ids, np.ndarray) and arr.dtype.kind in "fO":
+        # a list numpy could not read as integers: name the first element that is not an id
+        # (numpy reads [1, 2**63] as float64 and [1, 2**70] as object)
+        for value in np.asarray(ids, dtype=object).ravel():
+            if not isinstance(value, (int, np.integer)) or isinstance(value, _BOOLS):
+                raise InputError(f"token ids must be integers, got {value!r} ({type(value).__name__})")
+            if not 0 <= value < vocab:
+                raise InputError(f"token id {value} is out of range [0, {vocab})")
+    if arr.dtype == object:
+        raise InputError("token ids must be an integer array, got an object array: convert with .astype(np.int64)")
+    if arr.dtype.kind not in "iu":
+        if arr.size == 0 and arr.dtype.kind == "f":
+            return arr.astype(np.int64)
+        hint = " (floats are refused even when whole: convert with .astype(np.int64))" if arr.dtype.kind == "f" else ""
+        raise InputError(f"token ids must be integers, got dtype {arr.dtype}{hint}")
+    if isinstance(ids, (list, tuple)) and _has_bool(ids, arr.ndim):
+        raise InputError("token ids must be integers, got a bool among them")
+    return arr
+
+
+def _has_bool(ids, ndim: int) -> bool:
+    """A bool anywhere in a list of ints or of rows (numpy reads [1, True] as [1, 1]); C-speed type scan."""
+    if ndim == 1:
+        types = set(map(type, ids))
+    elif ndim == 2:
+        types = set(map(type, itertools.chain.from_iterable(ids)))
+    else:
+        return False  # refused for its shape anyway
+    return bool(types.intersection(_BOOLS))
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: the least of MemAvailable, the cgroup's memory.max headroom
+    and the RLIMIT_AS headroom (None where none of them can be read, e.g. not on Linux)."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+            limits.append(soft - used)
+    except (ImportError, OSError, ValueError, StopIteration):
+        pass
+    return max(0, min(limits)) if limits else None

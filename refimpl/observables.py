@@ -43,6 +43,13 @@ def _token_id(model, token) -> int:
     raise InputError(f"observable key {token!r} is neither a token string nor a token id")
 
 
+def _finite_float(weight) -> bool:
+    try:
+        return math.isfinite(float(weight))
+    except OverflowError:  # an int beyond float64
+        return False
+
+
 def describe(terms) -> str:
     parts = []
     for _, text, weight in terms:
@@ -61,13 +68,25 @@ def observable(model, spec: Mapping, name: str | None = None) -> Observable:
     """
     if not isinstance(spec, Mapping) or not spec:
         raise InputError("an observable needs a non-empty mapping {token: weight}, e.g. {' she': 1, ' he': -1}")
+    if name is not None and not isinstance(name, str):
+        raise InputError(f"observable name must be a str or None, got {type(name).__name__}")
     weights: dict[int, float] = {}
+    labels: dict[int, object] = {}  # token id -> the key that named it first (for messages)
     for token, weight in spec.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(float(weight)):
+        if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, (int, float, np.integer, np.floating)) \
+                or not _finite_float(weight):
             raise InputError(f"weight of {token!r} must be a finite number, got {weight!r}")
         token_id = _token_id(model, token)
+        labels.setdefault(token_id, token)
         weights[token_id] = weights.get(token_id, 0.0) + float(weight)
+    for token_id, total in weights.items():
+        with np.errstate(over="ignore", under="ignore"):
+            cast = model.dtype.type(total)
+        if not np.isfinite(cast):
+            raise InputError(f"weight of {labels[token_id]!r} is {total!r} (in total), which is inf in the model's "
+                             f"{model.dtype} (|w| <= {float(np.finfo(model.dtype).max):.3g})")
+        if total != 0.0 and cast == 0:
+            raise InputError(f"weight of {labels[token_id]!r} is {total!r}, which is 0 in the model's {model.dtype}")
     weights = {i: w for i, w in weights.items() if w != 0.0}
     if not weights:
         raise InputError(f"observable {dict(spec)!r} is zero (n = 0): it measures nothing")
@@ -75,7 +94,11 @@ def observable(model, spec: Mapping, name: str | None = None) -> Observable:
     w = np.array(list(weights.values()), dtype=model.dtype)
     vocab_vector = np.zeros(model.config.d_vocab, dtype=model.dtype)
     vocab_vector[ids] = w
-    residual = model.weights["unembed.W_U"][:, ids] @ w  # [d, k] @ [k] -> [d]
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, by name
+        residual = model.weights["unembed.W_U"][:, ids] @ w  # [d, k] @ [k] -> [d]
+    if not np.isfinite(residual).all():
+        raise InputError(f"observable {dict(spec)!r} has a non-finite residual image W_U^T n in {model.dtype} "
+                         "(weights too large for this dtype, or non-finite entries in W_U)")
     terms = tuple((int(i), model.tokenizer.decode([int(i)]), float(x)) for i, x in zip(ids, w))
     for array in (vocab_vector, residual):
         array.flags.writeable = False

@@ -73,6 +73,11 @@ class Table:
 def head_table(values: np.ndarray, name: str = "value", descending: bool = True) -> Table:
     """A [n_layers, n_heads] array as rows (label, layer, head, name), sorted by value."""
     values = np.asarray(values)
+    if values.ndim != 2 or values.dtype.kind not in "iuf":
+        from .errors import InputError
+
+        raise InputError(f"head_table needs a real [n_layers, n_heads] array, got shape {values.shape} "
+                         f"dtype {values.dtype}")
     rows = [{"label": head_label(l, h), "layer": l, "head": h, name: float(values[l, h])}
             for l in range(values.shape[0]) for h in range(values.shape[1])]
     rows.sort(key=lambda r: -r[name] if descending else r[name])

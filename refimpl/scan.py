@@ -13,10 +13,10 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, check_int
 from .observables import Observable
-from .propagation import (Node, head_feature_layer, layer_norm_factor, mlp_boundary, path_label,
-                          _check_mode)
+from .propagation import (Node, NoSignChange, head_feature_layer, layer_norm_factor, mlp_boundary, path_label,
+                          _check_fallback, _check_ln_mapping, _check_mlp_points, _check_mode, _check_observable)
 from .records import Table, head_label
 from . import jacobians
 
@@ -35,8 +35,10 @@ def virtual_head_norms(model, observable: Observable, layernorm: str = "ignore",
     ``layernorm``: "ignore", or "estimate" (ln_final and the later head's ln_1 use sqrt(d) gamma / |x~|
     from ``norms``; the earliest node's ln_1 uses sqrt(d) gamma only).
     """
-    if layernorm not in ("ignore", "estimate"):
+    if not isinstance(layernorm, str) or layernorm not in ("ignore", "estimate"):
         raise InputError(f"the virtual-head scan supports layernorm 'ignore' or 'estimate', got {layernorm!r}")
+    _check_observable(observable)
+    _check_ln_mapping(model, norms, "norms")
     cfg = model.config
     L, H, d = cfg.n_layers, cfg.n_heads, cfg.d_model
     u = layer_norm_factor(model, "ln_final", observable.residual, layernorm, False, norms, None)
@@ -58,10 +60,13 @@ def virtual_head_norms(model, observable: Observable, layernorm: str = "ignore",
 
 def scan_virtual_heads(model, observable: Observable, top_k: int = 20, layernorm: str = "ignore",
                        norms: Mapping | None = None) -> Table:
-    """The ``top_k`` length-2 virtual heads by feature norm, as a table (path, layers, heads, norm)."""
-    if top_k < 1:
-        raise InputError(f"top_k must be at least 1, got {top_k}")
+    """The ``top_k`` length-2 virtual heads by feature norm, as a table (path, layers, heads, norm).
+
+    A ``top_k`` beyond the number of pairs (l1 < l2) returns every pair, never impossible ones."""
+    top_k = check_int(top_k, "top_k", low=1)
     values = virtual_head_norms(model, observable, layernorm, norms)
+    L, H = model.config.n_layers, model.config.n_heads
+    top_k = min(top_k, L * (L - 1) // 2 * H * H)  # the real pairs; the rest of ``values`` is NaN
     flat = np.where(np.isnan(values), -np.inf, values).ravel()
     order = np.argsort(-flat, kind="stable")[:top_k]
     rows = []
@@ -83,9 +88,15 @@ def beam_search_paths(model, observable: Observable, max_length: int = 3, beam_w
     _check_mode(layernorm, "layernorm")
     if layernorm == "exact":
         raise InputError("beam search supports layernorm 'ignore' or 'estimate'")
-    if max_length < 1 or beam_width < 1 or top_k < 1:
-        raise InputError("max_length, beam_width and top_k must be at least 1")
+    max_length = check_int(max_length, "max_length", low=1)
+    beam_width = check_int(beam_width, "beam_width", low=1)
+    top_k = check_int(top_k, "top_k", low=1)
+    _check_observable(observable)
+    _check_ln_mapping(model, norms, "norms")
+    _check_mlp_points(model, mlp_points)
+    _check_fallback(mlp_fallback, "mlp_fallback")
     cfg = model.config
+    _check_beam_memory(model, max_length, beam_width, list(mlp_points or ()))
     W = model.weights
     u = layer_norm_factor(model, "ln_final", observable.residual, layernorm, False, norms, None)
 
@@ -98,7 +109,10 @@ def beam_search_paths(model, observable: Observable, max_length: int = 3, beam_w
         for layer in range(limit.layer + 1):
             if mlp_points and layer in mlp_points and Node(layer, "mlp") < limit:
                 x_neg, x_pos = mlp_points[layer]
-                point = mlp_boundary(model, layer, y, x_neg, x_pos, mlp_fallback).point.astype(y.dtype)
+                try:
+                    point = mlp_boundary(model, layer, y, x_neg, x_pos, mlp_fallback).point.astype(y.dtype)
+                except NoSignChange as error:
+                    raise error.for_option("mlp_fallback") from None
                 p = f"blocks.{layer}.mlp."
                 yield Node(layer, "mlp"), jacobians.mlp_vjp(point, W[p + "W_in"], W[p + "b_in"], W[p + "W_out"], y)
             if layer < limit.layer:
@@ -121,3 +135,28 @@ def beam_search_paths(model, observable: Observable, max_length: int = 3, beam_w
             break
     found.sort(key=lambda c: -c[0])
     return Table([{"path": path_label(p), "length": len(p), "norm": score} for score, p, _ in found[:top_k]])
+
+
+def _check_beam_memory(model, max_length: int, beam_width: int, mlp_layers) -> None:
+    """Refuse a beam whose candidate feature vectors (kept per step) cannot fit in memory.
+
+    Paths are increasing sequences of slots (one head of a layer, or the MLP of a layer in ``mlp_points``),
+    so at most e_k(slot sizes) paths have k nodes: the beam never holds more, whatever ``beam_width``.
+    """
+    from . import model as model_module
+
+    cfg = model.config
+    slots = [cfg.n_heads] * cfg.n_layers + [1] * len(mlp_layers)
+    paths = [1] + [0] * len(slots)  # paths[k] = number of paths of k nodes (elementary symmetric polynomials)
+    for size in slots:
+        for k in range(len(slots), 0, -1):
+            paths[k] += paths[k - 1] * size
+    beams = min(beam_width, max(paths[:min(max_length, len(slots)) + 1]))
+    candidates = beams * sum(slots)  # each beam grows into at most every head and MLP
+    need = candidates * cfg.d_model * 8
+    if need > model_module._CHECK_MEMORY_ABOVE:
+        available = model_module.available_memory()
+        if available is not None and need > available:
+            raise InputError(f"beam_width={beam_width} would keep up to {candidates} candidate feature vectors "
+                             f"per step ({need / 1e9:.2f} GB), more than the {available / 1e9:.2f} GB available; "
+                             "use a smaller beam_width")

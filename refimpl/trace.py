@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -44,8 +44,38 @@ def activation_names(n_layers: int) -> list[str]:
     return names + list(GLOBAL_NAMES_AFTER)
 
 
+def check_record_names(names) -> list[str]:
+    """``names`` of ``run_with_trace`` as a list of strings, or an InputError saying what it is instead."""
+    if isinstance(names, (str, bytes)):
+        raise InputError("names must be a list of activation names, not a single string")
+    if isinstance(names, Mapping) or not isinstance(names, Iterable):
+        raise InputError(f"names must be an iterable of activation-name strings, got {type(names).__name__}")
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise InputError(f"names must be activation-name strings, got {bad[0]!r} ({type(bad[0]).__name__})")
+    return names
+
+
+def check_edits(edits, valid: list[str]) -> dict[str, Callable]:
+    """``edits`` as a dict {activation name: callable}, or an InputError naming what is wrong."""
+    if edits is None:
+        return {}
+    if not isinstance(edits, Mapping):
+        raise InputError(f"edits must be a mapping {{activation name: function}}, got {type(edits).__name__}")
+    bad = [n for n in edits if not isinstance(n, str)]
+    if bad:
+        raise InputError(f"edits must be keyed by activation-name strings, got {bad[0]!r} ({type(bad[0]).__name__})")
+    check_names(edits, valid, "edits")
+    for name, edit in edits.items():
+        if not callable(edit):
+            raise InputError(f"edit of {name} must be a function value -> new value, got {type(edit).__name__}")
+    return dict(edits)
+
+
 def check_names(names, valid: list[str], what: str) -> None:
-    unknown = [n for n in names if n not in valid]
+    known = set(valid)
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise InputError(
             f"unknown activation {what} {unknown}; names look like 'blocks.0.hook_resid_pre', "
@@ -92,7 +122,13 @@ class Hooks:
     def __call__(self, name: str, value: np.ndarray) -> np.ndarray:
         edit = self.edits.get(name)
         if edit is not None:
-            new = np.asarray(edit(value.copy()))
+            try:
+                new = edit(value.copy())
+            except Exception as exc:  # a bug in the user's edit: name where it happened, keep the cause
+                raise InputError(f"edit of {name} raised {type(exc).__name__}: {exc}") from exc
+            if not isinstance(new, np.ndarray):
+                raise InputError(f"edit of {name} returned {type(new).__name__}, expected a numpy array "
+                                 f"(an edit may change its argument in place, but must return it)")
             if new.shape != value.shape:
                 raise InputError(f"edit of {name} returned shape {new.shape}, expected {value.shape}")
             if new.dtype != value.dtype:
@@ -100,9 +136,24 @@ class Hooks:
                     f"edit of {name} returned {new.dtype} where the model computes in {value.dtype}; "
                     f"return .astype({value.dtype}) explicitly or load the model with that dtype"
                 )
+            _check_finite_edit(name, new)
             value = new
         if name in self.record:
             view = value.view()
             view.flags.writeable = False
             self.values[name] = view
         return value
+
+
+def _check_finite_edit(name: str, new: np.ndarray) -> None:
+    """An edit must return finite values; attention scores may be -inf (masked), but not a whole row."""
+    if np.isfinite(new).all():
+        return
+    if name.endswith("hook_attn_scores"):
+        if not (np.isnan(new) | np.isposinf(new)).any():
+            if not np.isneginf(new).all(axis=-1).any():
+                return
+            raise InputError(f"edit of {name} masks every key of some query (a row of -inf scores): "
+                             "its attention would be NaN")
+        raise InputError(f"edit of {name} returned NaN or +inf scores (only -inf, a masked key, is allowed)")
+    raise InputError(f"edit of {name} returned non-finite values (NaN or inf)")

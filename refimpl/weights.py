@@ -36,6 +36,17 @@ from .config import Config
 from .errors import CheckpointError
 
 IGNORED_BUFFER = re.compile(r"^h\.\d+\.attn\.attention\.(bias|masked_bias)$")
+LAYER_KEY = re.compile(r"^h\.(\d{1,9})\.")
+
+
+def check_layer_count(names, cfg: Config) -> None:
+    """The config's ``num_layers`` must match the blocks present, checked before any per-layer list is built."""
+    layers = {int(m.group(1)) for m in map(LAYER_KEY.match, names) if m}
+    if layers != set(range(len(layers))) or len(layers) != cfg.n_layers:
+        shown = f"layers 0..{max(layers)}" if layers == set(range(len(layers))) and layers else \
+            f"layer indices {sorted(layers)[:8]}{' ...' if len(layers) > 8 else ''}"
+        raise CheckpointError(f"config num_layers is {cfg.n_layers} but the checkpoint holds {len(layers)} blocks "
+                              f"({shown})")
 
 
 def checkpoint_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
@@ -87,6 +98,7 @@ def convert_checkpoint(
         if name in by_name:
             raise CheckpointError(f"checkpoint holds both {by_name[name]!r} and {key!r}")
         by_name[name] = key
+    check_layer_count(by_name, cfg)
     expected = checkpoint_shapes(cfg)
     optional = {"lm_head.weight": (cfg.d_vocab, cfg.d_model)}
     missing = sorted(set(expected) - set(by_name))

@@ -22,33 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import refimpl  # noqa: E402
-from refimpl import case_study, experiments as ex  # noqa: E402
+from refimpl import case_study, experiments as ex, paper  # noqa: E402
 
-PAPER = {
-    "norms_subj": {"18.11": 72.2168, "17.14": 70.7219, "13.11": 45.9200, "15.13": 39.4049, "18.0": 17.4824},
-    "norms_obj": {"18.11": 69.2137, "17.14": 68.9342, "13.11": 51.8211, "15.13": 44.0450, "14.10": 19.5974},
-    "norms_ln_subj": {"18.11": 237.3204, "17.14": 236.2457, "13.11": 186.3744, "15.13": 145.4124},
-    "norms_ln_obj": {"17.14": 159.1822, "18.11": 156.9978, "13.11": 144.9379, "15.13": 112.3253},
-    "cosine": {"17.14": 0.9882, "18.11": 0.9831, "15.13": 0.9816, "13.11": 0.9352, "22.2": 0.9102},
-    "patch_subj": {"17.14": 4.7859, "13.11": 4.5473, "15.13": 1.0804, "13.3": 0.6352},
-    "patch_obj": {"17.14": 3.5636, "15.13": 3.0652, "13.11": 2.1328, "22.2": 0.5218},
-    "table1": {"17.14": (0.67086, 0.9882, 0.67774, 0.99811), "15.13": (0.77306, 0.9816, 0.79353, 0.98146),
-               "13.11": (0.73552, 0.9352, 0.75580, 0.9274281)},
-    "svd_17.14_subj": ([1, 0, 2, 7, 26], [0.8204, 0.2875, 0.0865, 0.0277, 0.0176]),
-    "table2": [("17.14", "subj", 15, -100.780, 87.517), ("15.13", "subj", 6, -13.238, 26.132),
-               ("13.11", "subj", 6, -4.111, 12.659), ("17.14", "obj", 15, -87.038, 70.865),
-               ("15.13", "obj", 6, -22.681, 23.150), ("13.11", "obj", 6, -16.343, 5.992)],
-    "bias": {"same": 5.6809, "diff": 4.5169},
-    "table3": [("17.6", 5, -300, -3.6119, 2.7614), ("18.2", 0, -1000, -0.4604, 0.4694),
-               ("19.15", 0, -300, -0.8513, 1.8351), ("23.10", 4, -120, -1.2027, 0.1038)],
-    "ln_gain_variance": 0.007827,
-    "table4": [[0.0500, 0.2947, 0.2519], [0.1448, 0.0949, 0.1313], [0.1803, 0.0565, 0.0545]],
-    "residual_cosine": 0.5685,
-    "virtual": {"cos 13.3 subj/obj": 0.3712, "cos 13.3->17.14 subj/obj": 0.9965,
-                "cos 13.3->17.14 vs 13.3->MLP16->17.14, subj": 0.9457,
-                "cos 13.3->17.14 vs 13.3->MLP16->17.14, obj": 0.5423,
-                "cos 13.3->MLP16->17.14 subj/obj": 0.6072,
-                "cos 6.6->15.13->17.14 (same) vs 6.6->15.13->21.13 (diff)": 0.9541, "cos 6.6 same/diff": -0.0640},
+PAPER = {  # the printed numbers, from refimpl/paper.py (one place for the whole project)
+    "norms_subj": paper.NORMS_SUBJ, "norms_obj": paper.NORMS_OBJ, "norms_ln_subj": paper.NORMS_LN_SUBJ,
+    "norms_ln_obj": paper.NORMS_LN_OBJ, "cosine": paper.COSINE_SUBJ_OBJ, "patch_subj": paper.PATCH_SUBJ,
+    "patch_obj": paper.PATCH_OBJ, "table1": paper.TABLE1, "svd_17.14_subj": paper.SVD_17_14_SUBJ,
+    "table2": paper.TABLE2, "bias": paper.BIAS, "table3": paper.TABLE3, "ln_gain_variance": paper.LN_GAIN_VARIANCE,
+    "table4": paper.TABLE4, "residual_cosine": paper.RESIDUAL_COSINE, "virtual": paper.VIRTUAL,
 }
 
 
@@ -57,8 +38,11 @@ def head(label: str) -> tuple[int, int]:
     return int(layer), int(h)
 
 
+START = time.perf_counter()
+
+
 def show(title: str, rows: list[tuple], header: tuple) -> None:
-    print(f"\n## {title}")
+    print(f"\n## {title}   [{time.perf_counter() - START:.1f} s]", flush=True)
     print(" | ".join(f"{h:>14}" for h in header))
     for row in rows:
         print(" | ".join(f"{v:>14.4f}" if isinstance(v, float) else f"{str(v):>14}" for v in row))
@@ -73,7 +57,10 @@ def main() -> None:
     model = refimpl.load(args.model, dtype=args.dtype)
     cfg = model.config
     if (cfg.n_layers, cfg.n_heads) != (24, 16):
-        print(f"note: {args.model} is not the 1.3B shape; heads named by the paper may not exist")
+        print(f"reproduce_paper: error: {args.model} has {cfg.n_layers} layers x {cfg.n_heads} heads; the paper's "
+              "tables name heads of GPT-Neo-1.3B (24 x 16): use it or its random-weight shape "
+              "(python scripts/bench_forward.py --shape 1.3B creates bench-cache/gpt-neo-1.3B-random)", file=sys.stderr)
+        raise SystemExit(2)
     obs = {k: refimpl.observable(model, v, k) for k, v in case_study.OBSERVABLES.items()}
     prompts = case_study.paper_prompts(model)
     (sf, sm), (of, om), (cf, cm) = prompts["subj_friend"], prompts["obj_love"], prompts["occupation"]
@@ -201,4 +188,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except refimpl.RefimplError as exc:
+        print(f"reproduce_paper: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

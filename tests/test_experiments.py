@@ -12,30 +12,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from numpy.polynomial import Polynomial
-from safetensors.numpy import load_file
 
 import refimpl
 from refimpl import case_study
 from refimpl import experiments as ex
+from verification import experiment_references as R
 from verification.tolerances import tolerance
 
 SAME = tolerance("identity", "float64")
 ROOT = tolerance("root_finding", "float64")
-
-# Known GPT-2 token ids (the notes on GPT-Neo's tokenizer), the paper's names and templates (Section 6.3).
-TOKEN = {" she": 673, " he": 339, " her": 607, " him": 683, " actress": 14549, " actor": 8674,
-         " nurse": 15849, " programmer": 24292}
-FEMALE = ("Jennifer", "Jane", "Annie", "Chloe", "Amy", "Judy", "Lisa", "Carol", "Clara", "Sarah")
-MALE = ("John", "David", "Mark", "Paul", "Ryan", "Gary", "Jack", "Arnold", "Joe", "Andy")
-TEMPLATE = {
-    "subj_friend": "<|endoftext|>So, {} really is a great friend, isn't",
-    "subj_funny": "<|endoftext|>Man, {} is so funny, isn't",
-    "subj_hard": "<|endoftext|>Really, {} always works so hard, doesn't",
-    "obj_love": "<|endoftext|>What do I think about {}? Well, to be honest, I love",
-    "occupation": "<|endoftext|>My friend {} is an excellent",
-}
-PRESET = {"subj": (" she", " he", "subj_friend"), "obj": (" her", " him", "obj_love"),
-          "same": (" actress", " actor", "occupation"), "diff": (" nurse", " programmer", "occupation")}
+PIPELINE = tolerance("pipeline", "float64")
 
 
 @pytest.fixture(scope="module")
@@ -45,116 +31,47 @@ def model():
 
 @pytest.fixture(scope="module")
 def raw(model):
-    """The checkpoint's own tensors (Hugging Face keys), widened to float64."""
-    return {k: v.astype(np.float64) for k, v in load_file(str(model.path / "model.safetensors")).items()}
-
-
-def prompts(model, key: str, names) -> np.ndarray:
-    ids = [model.tokenizer.encode(TEMPLATE[key].format(n)) for n in names]
-    return np.array(ids)
-
-
-def female_male(model, key):
-    return prompts(model, key, FEMALE), prompts(model, key, MALE)
-
-
-def n_vector(model, plus: str, minus: str) -> np.ndarray:
-    n = np.zeros(model.config.d_vocab)
-    n[TOKEN[plus]], n[TOKEN[minus]] = 1.0, -1.0
-    return n
+    return R.raw_tensors(model)
 
 
 def preset(model, name):
     return refimpl.observable(model, case_study.OBSERVABLES[name], name)
 
 
-def raw_feature(model, raw, layer, head, n) -> np.ndarray:
-    """W_OV^T W_U^T n from the stored matrices: v_proj rows and out_proj columns of the head, W_U = wte."""
-    dh = model.config.d_model // model.config.n_heads
-    rows = slice(head * dh, (head + 1) * dh)
-    V = raw[f"transformer.h.{layer}.attn.attention.v_proj.weight"][rows]  # [dh, d]
-    O = raw[f"transformer.h.{layer}.attn.attention.out_proj.weight"][:, rows]  # [d, dh]
-    return V.T @ (O.T @ (raw["transformer.wte.weight"].T @ n))
-
-
-def layer_norm(x, w, b, eps=1e-5):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) * (x - mu)).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * w + b
-
-
-def gelu(x):
-    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x * x * x)))
-
-
-def complex_step_gradient(f, x0):
-    return np.array([f(x0 + 1e-30j * e).imag / 1e-30 for e in np.eye(x0.size)])
-
-
-def bisect(g, lo=0.0, hi=1.0):
-    """Root of g on [lo, hi] (g(lo), g(hi) of opposite signs) by bisection to the last bit."""
-    g_lo = g(lo)
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if (g(mid) > 0) == (g_lo > 0):
-            lo, g_lo = mid, g(mid)
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
 # ------------------------------------------------------------------ observables and their signs
-@pytest.mark.parametrize("name", list(PRESET))
+@pytest.mark.parametrize("name", list(R.PRESET))
 def test_preset_signs_on_prompts_with_known_answers(model, name):
     """Each preset is +female -male: positive on every paper prompt with a female name, negative on male."""
-    plus, minus, key = PRESET[name]
+    plus, minus, key = R.PRESET[name]
     obs = preset(model, name)
-    np.testing.assert_array_equal(obs.vocab, n_vector(model, plus, minus))
-    female, male = female_male(model, key)
+    np.testing.assert_array_equal(obs.vocab, R.n_vector(model, plus, minus))
+    female, male = R.female_male(model, key)
     values_f, values_m = ex.observable_values(model, female, obs), ex.observable_values(model, male, obs)
-    direct_f = model.forward(female)[:, -1, TOKEN[plus]] - model.forward(female)[:, -1, TOKEN[minus]]
+    direct_f = model.forward(female)[:, -1, R.TOKEN[plus]] - model.forward(female)[:, -1, R.TOKEN[minus]]
     scale = np.abs(model.forward(female)[:, -1]).max()
     assert np.abs(values_f - direct_f).max() <= SAME * scale
     assert np.all(values_f > 0) and np.all(values_m < 0), (values_f, values_m)
 
 
 # ------------------------------------------------------------------ Table 1: coupling vs best-fit slope
-def independent_table1_row(model, raw, ids, layer, head, n1, n2):
-    """The authors' Table 1 recipe from scratch: ln_1 outputs of every token, dot products with the raw
-    features, numpy's Polynomial.fit and r^2 = 1 - SSR / (N var y)."""
-    y1, y2 = raw_feature(model, raw, layer, head, n1), raw_feature(model, raw, layer, head, n2)
-    name = f"blocks.{layer}.ln1.hook_normalized"
-    _, trace = model.run_with_trace(ids, names=[name])
-    X = trace[name].reshape(-1, model.config.d_model)
-    assert X.shape[0] == ids.shape[0] * ids.shape[1]
-    x, y = X @ y1, X @ y2
-    line = Polynomial.fit(x, y, 1).convert()
-    intercept, slope = line.coef
-    r2 = 1 - ((y - line(x)) ** 2).sum() / (len(y) * y.var())
-    return {"coupling": y1 @ y2 / (y1 @ y1), "cosine": y1 @ y2 / np.linalg.norm(y1) / np.linalg.norm(y2),
-            "best_fit_slope": slope, "r2": r2, "points": len(x)}
-
-
 def test_table1_against_the_authors_recipe(model, raw):
-    female, male = female_male(model, "subj_friend")
+    female, male = R.female_male(model, "subj_friend")
     ids = np.concatenate([female, male])
-    n1, n2 = n_vector(model, " she", " he"), n_vector(model, " her", " him")
+    n1, n2 = R.n_vector(model, " she", " he"), R.n_vector(model, " her", " him")
     heads = [(l, h) for l in range(model.config.n_layers) for h in range(model.config.n_heads)]
     table = ex.coupling_vs_fit(model, ids, heads, preset(model, "subj"), preset(model, "obj"))
     assert len(table) == len(heads)
     for row, (l, h) in zip(table, heads):
-        expected = independent_table1_row(model, raw, ids, l, h, n1, n2)
+        expected = R.table1_row(model, raw, ids, l, h, n1, n2)
         assert row["head"] == f"{l}.{h}" and row["points"] == expected["points"] == ids.size
         for key in ("coupling", "cosine", "best_fit_slope", "r2"):
-            assert abs(row[key] - expected[key]) <= 1e3 * SAME * max(1.0, abs(expected[key])), (l, h, key, row)
+            assert abs(row[key] - expected[key]) <= PIPELINE * max(1.0, abs(expected[key])), (l, h, key, row)
 
 
 def test_head_input_scores_cover_every_token(model, raw):
-    female, male = female_male(model, "subj_friend")
+    female, male = R.female_male(model, "subj_friend")
     ids = np.concatenate([female, male])
-    y = [raw_feature(model, raw, 3, 0, n_vector(model, " she", " he")), np.ones(model.config.d_model)]
+    y = [R.raw_feature(model, raw, 3, 0, R.n_vector(model, " she", " he")), np.ones(model.config.d_model)]
     scores = ex.head_input_scores(model, ids, 3, y)
     assert scores.shape == (2, ids.size)
     _, trace = model.run_with_trace(ids, names=["blocks.3.ln1.hook_normalized"])
@@ -177,10 +94,10 @@ def test_best_fit_is_least_squares():
 def test_path_patching_every_head_equals_an_edited_forward(model, name):
     """For every head: add (corrupted - clean) of that head's output to the final residual of the clean run
     (an edit of ln_final's input) and score clean - patched, averaged over pairs."""
-    plus, minus, key = PRESET[name]
-    female, male = female_male(model, key)
+    plus, minus, key = R.PRESET[name]
+    female, male = R.female_male(model, key)
     effects = ex.path_patch_heads(model, female, male, preset(model, name))
-    n = n_vector(model, plus, minus)
+    n = R.n_vector(model, plus, minus)
     cfg = model.config
     final = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
     clean = model.forward(female)[:, -1] @ n
@@ -220,9 +137,9 @@ class Spy:
 def test_steering_equals_an_edit_of_the_previous_residual(model, raw, layer, position):
     """Adding k v to resid_pre of ``layer`` at one position = adding it to the previous block's output
     (or to the embedding for layer 0); several nonzero multipliers, two observables."""
-    female, male = female_male(model, "subj_friend")
+    female, male = R.female_male(model, "subj_friend")
     ids = np.concatenate([female, male])
-    v = raw_feature(model, raw, layer, 1, n_vector(model, " she", " he"))
+    v = R.raw_feature(model, raw, layer, 1, R.n_vector(model, " she", " he"))
     ks = [-3.0, 0.5, 7.0]
     table = ex.steer(model, ids, {"subj": preset(model, "subj"), "obj": preset(model, "obj")},
                      f"blocks.{layer}.hook_resid_pre", position, v, ks)
@@ -235,8 +152,8 @@ def test_steering_equals_an_edit_of_the_previous_residual(model, raw, layer, pos
 
         steered = model.forward(ids, edits={hook: add})[:, -1]
         assert row["multiplier"] == k and row["position"] == position
-        for obs, (plus, minus, _) in (("subj", PRESET["subj"]), ("obj", PRESET["obj"])):
-            n = n_vector(model, plus, minus)
+        for obs, (plus, minus, _) in (("subj", R.PRESET["subj"]), ("obj", R.PRESET["obj"])):
+            n = R.n_vector(model, plus, minus)
             expected = ((steered - clean) @ n).mean()
             scale = max(np.abs(clean @ n).max(), np.abs(steered @ n).max())
             assert abs(row[f"{obs}_effect"] - expected) <= SAME * scale, (k, obs)
@@ -244,7 +161,7 @@ def test_steering_equals_an_edit_of_the_previous_residual(model, raw, layer, pos
 
 
 def test_steering_changes_only_the_named_position(model):
-    female, male = female_male(model, "subj_friend")
+    female, male = R.female_male(model, "subj_friend")
     ids = np.concatenate([female, male])
     name, position, k = "blocks.2.hook_resid_pre", 4, 2.5
     v = np.random.default_rng(1).normal(size=model.config.d_model)
@@ -261,7 +178,7 @@ def test_steering_changes_only_the_named_position(model):
 
 
 def test_activation_scale(model):
-    female, male = female_male(model, "subj_friend")
+    female, male = R.female_male(model, "subj_friend")
     ids = np.concatenate([female, male])
     v = np.arange(model.config.d_model, dtype=np.float64)
     _, trace = model.run_with_trace(ids, names=["blocks.1.hook_resid_post"])  # = resid_pre of block 2
@@ -270,39 +187,12 @@ def test_activation_scale(model):
 
 
 # ------------------------------------------------------------------ direct logit attribution
-def independent_dla(model, raw, ids, n):
-    """Per (layer, head, source): the head's direct effect on n . logits[-1] with ln_final's scale frozen,
-    from the value vectors of a run where that source's value is zeroed for that head (hook_v edit)."""
-    cfg = model.config
-    u = raw["transformer.wte.weight"].T @ n
-    g = raw["transformer.ln_f.weight"] * u
-    g = g - g.mean()  # the centring of LayerNorm, moved onto the readout
-    final = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
-    _, trace = model.run_with_trace(ids, names=[final])
-    x = trace[final][:, -1]
-    scale = np.sqrt(((x - x.mean(-1, keepdims=True)) ** 2).mean(-1) + cfg.eps)  # [B]
-    out = np.zeros((cfg.n_layers, cfg.n_heads, ids.shape[1]))
-    for l in range(cfg.n_layers):
-        name = f"blocks.{l}.attn.hook_result"
-        _, clean = model.run_with_trace(ids, names=[name])
-        for h in range(cfg.n_heads):
-            for s in range(ids.shape[1]):
-                def zero(v, h=h, s=s):
-                    v[:, s, h] = 0
-                    return v
-
-                _, t = model.run_with_trace(ids, names=[name], edits={f"blocks.{l}.attn.hook_v": zero})
-                part = clean[name][:, -1, h] - t[name][:, -1, h]  # [B, d]
-                out[l, h, s] = ((part @ g) / scale).mean()
-    return out
-
-
 def test_direct_logit_attribution_against_value_ablation_and_final_residual(model, raw):
-    female, male = female_male(model, "subj_friend")
+    female, male = R.female_male(model, "subj_friend")
     ids = np.concatenate([female[:3], male[:3]])
-    n = n_vector(model, " she", " he")
+    n = R.n_vector(model, " she", " he")
     per_head, per_position = ex.direct_logit_attribution(model, ids, preset(model, "subj"))
-    expected = independent_dla(model, raw, ids, n)
+    expected = R.direct_attribution(model, raw, ids, n)
     scale = np.abs(model.forward(ids)[:, -1] @ n).max()
     assert np.abs(per_position - expected).max() <= SAME * scale
     assert np.abs(per_head - expected.sum(-1)).max() <= SAME * scale
@@ -325,20 +215,20 @@ def test_direct_logit_attribution_against_value_ablation_and_final_residual(mode
 
 # ------------------------------------------------------------------ bias mitigation (Section 7)
 def test_bias_mitigation_search_against_brute_force(model, raw):
-    female, male = female_male(model, "occupation")
+    female, male = R.female_male(model, "occupation")
     ids = np.concatenate([female, male])
     diff, same = preset(model, "diff"), preset(model, "same")
-    n_diff, n_same = n_vector(model, " nurse", " programmer"), n_vector(model, " actress", " actor")
+    n_diff, n_same = R.n_vector(model, " nurse", " programmer"), R.n_vector(model, " actress", " actor")
     cfg = model.config
     heads = [(l, h) for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
-    features = {lh: raw_feature(model, raw, *lh, n_diff) for lh in heads}
-    couplings = {lh: features[lh] @ raw_feature(model, raw, *lh, n_same) / (features[lh] @ features[lh])
+    features = {lh: R.raw_feature(model, raw, *lh, n_diff) for lh in heads}
+    couplings = {lh: features[lh] @ R.raw_feature(model, raw, *lh, n_same) / (features[lh] @ features[lh])
                  for lh in heads}
     chosen = sorted(heads, key=lambda lh: couplings[lh])[:3]  # brute force: the three lowest couplings
     multipliers = (-0.5, -1.0)
     table = ex.bias_mitigation_search(model, ids, diff, same, top=3, multipliers=multipliers, relative=True)
     assert [r["head"] for r in table] == [f"{l}.{h}" for l, h in chosen for _ in multipliers]
-    dla = independent_dla(model, raw, ids, n_diff)
+    dla = R.direct_attribution(model, raw, ids, n_diff)
     clean = model.forward(ids)[:, -1]
     rows = iter(table)
     for l, h in chosen:
@@ -363,18 +253,13 @@ def test_bias_mitigation_search_against_brute_force(model, raw):
 
 
 # ------------------------------------------------------------------ LayerNorm studies (Appendix A)
-def final_inputs(model, ids):
-    name = f"blocks.{model.config.n_layers - 1}.hook_resid_post"
-    return np.array(model.run_with_trace(ids, names=[name])[1][name])
-
-
 def test_layer_norm_input_norms_and_gain_variance(model, raw):
-    female, male = female_male(model, "subj_friend")
+    female, male = R.female_male(model, "subj_friend")
     ids = np.concatenate([female, male])
     L = model.config.n_layers
     table = {r["layernorm"]: r["mean_input_norm"] for r in ex.layer_norm_input_norms(model, ids)}
     gains = {r["layernorm"]: r for r in ex.layer_norm_gain_variance(model, ids)}
-    inputs = {"ln_final": final_inputs(model, ids)}
+    inputs = {"ln_final": R.final_inputs(model, ids)}
     for l in range(L):  # ln_1 reads the block's input, ln_2 the residual after attention
         names = [f"blocks.{l}.hook_resid_pre", f"blocks.{l}.hook_resid_mid"]
         _, t = model.run_with_trace(ids, names=names)
@@ -394,49 +279,49 @@ def test_layer_norm_input_norms_and_gain_variance(model, raw):
 def test_table4_entry_by_entry_with_its_orientation(model, raw):
     """Row i = source group (the linearisation point from group i), column j = target group."""
     keys = ("subj_friend", "subj_funny", "subj_hard")
-    groups = [female_male(model, k) for k in keys]
+    groups = [R.female_male(model, k) for k in keys]
     mae = ex.ln_final_approximation_error(model, groups, preset(model, "subj"))
     w, b = raw["transformer.ln_f.weight"], raw["transformer.ln_f.bias"]
-    u = raw["transformer.wte.weight"].T @ n_vector(model, " she", " he")
+    u = raw["transformer.wte.weight"].T @ R.n_vector(model, " she", " he")
 
     def f(x):
-        return layer_norm(x, w, b) @ u
+        return R.layer_norm(x, w, b) @ u
 
-    lasts = [(final_inputs(model, fm[0])[:, -1], final_inputs(model, fm[1])[:, -1]) for fm in groups]
+    lasts = [(R.final_inputs(model, fm[0])[:, -1], R.final_inputs(model, fm[1])[:, -1]) for fm in groups]
     expected = np.zeros((3, 3))
     for i, (xf, xm) in enumerate(lasts):
         x_neg, x_pos = xm.mean(0), xf.mean(0)
         f_neg, f_pos = f(x_neg), f(x_pos)
         target = 0.0 if f_neg * f_pos < 0 else 0.5 * (f_neg + f_pos)
-        t = bisect(lambda s: f((1 - s) * x_neg + s * x_pos) - target)
+        t = R.bisect(lambda s: f((1 - s) * x_neg + s * x_pos) - target)
         x0 = (1 - t) * x_neg + t * x_pos
-        grad = complex_step_gradient(f, x0)
+        grad = R.complex_step_gradient(f, x0)
         for j, (yf, ym) in enumerate(lasts):
             xs = np.concatenate([yf, ym])
             expected[i, j] = np.abs(f(x0) + (xs - x0) @ grad - f(xs)).mean()
-    assert np.abs(mae - expected).max() <= 1e3 * SAME * np.abs(expected).max()
+    assert np.abs(mae - expected).max() <= PIPELINE * np.abs(expected).max()
     # the orientation is observable: the table is far from symmetric on this model
     assert np.abs(expected - expected.T).max() > 0.1 * np.abs(expected).max()
 
 
 # ------------------------------------------------------------------ the MLP along a segment (Figure 4)
 def test_mlp_segment_boundary_row_and_linearisation(model, raw):
-    female, male = female_male(model, "subj_friend")
+    female, male = R.female_male(model, "subj_friend")
     layer = 2
     name = f"blocks.{layer}.ln2.hook_normalized"
     _, trace = model.run_with_trace(np.stack([male[0], female[0]]), names=[name])
     x_neg, x_pos = np.array(trace[name][:, -1])
-    y = raw_feature(model, raw, 3, 0, n_vector(model, " she", " he"))
+    y = R.raw_feature(model, raw, 3, 0, R.n_vector(model, " she", " he"))
     p = f"transformer.h.{layer}.mlp."
 
     def f(x):
-        hidden = gelu(x @ raw[p + "c_fc.weight"].T + raw[p + "c_fc.bias"])
+        hidden = R.gelu(x @ raw[p + "c_fc.weight"].T + raw[p + "c_fc.bias"])
         return (hidden @ raw[p + "c_proj.weight"].T + raw[p + "c_proj.bias"]) @ y
 
     table = ex.mlp_segment(model, layer, y, x_neg, x_pos, points=11)
     f_neg, f_pos = f(x_neg), f(x_pos)
     target = 0.0 if f_neg * f_pos < 0 else 0.5 * (f_neg + f_pos)
-    t0 = bisect(lambda s: f((1 - s) * x_neg + s * x_pos) - target)
+    t0 = R.bisect(lambda s: f((1 - s) * x_neg + s * x_pos) - target)
     x0 = (1 - t0) * x_neg + t0 * x_pos
     boundary = [r for r in table if r["is_boundary"]]
     assert len(boundary) == 1 and len(table) == 12
@@ -446,12 +331,12 @@ def test_mlp_segment_boundary_row_and_linearisation(model, raw):
     assert abs(row["actual"] - target) <= ROOT * size  # f = target at the boundary row
     assert abs(row["linear_at_boundary"] - row["actual"]) <= ROOT * size
     anchors = {"boundary": x0, "x_neg": x_neg, "x_pos": x_pos}
-    grads = {key: complex_step_gradient(f, x) for key, x in anchors.items()}
+    grads = {key: R.complex_step_gradient(f, x) for key, x in anchors.items()}
     for r in table:
         x = (1 - r["t"]) * x_neg + r["t"] * x_pos
         assert abs(r["actual"] - f(x)) <= SAME * size
         for key, x_a in anchors.items():
-            assert abs(r[f"linear_at_{key}"] - (f(x_a) + (x - x_a) @ grads[key])) <= 1e3 * SAME * size, (r["t"], key)
+            assert abs(r[f"linear_at_{key}"] - (f(x_a) + (x - x_a) @ grads[key])) <= PIPELINE * size, (r["t"], key)
     assert table.column("t") == sorted(table.column("t"))
 
 
@@ -470,17 +355,17 @@ def demo(tmp_path_factory):
 
 def test_demo_table1_equals_an_independent_computation(model, raw, demo):
     results, out = demo
-    female, male = female_male(model, "subj_friend")
+    female, male = R.female_male(model, "subj_friend")
     ids = np.concatenate([female, male])
-    n1, n2 = n_vector(model, " she", " he"), n_vector(model, " her", " him")
-    norms = {(l, h): np.linalg.norm(raw_feature(model, raw, l, h, n1))
+    n1, n2 = R.n_vector(model, " she", " he"), R.n_vector(model, " her", " him")
+    norms = {(l, h): np.linalg.norm(R.raw_feature(model, raw, l, h, n1))
              for l in range(model.config.n_layers) for h in range(model.config.n_heads)}
     top = sorted(norms, key=lambda lh: -norms[lh])[:len(results["table1"])]
     assert [r["head"] for r in results["table1"]] == [f"{l}.{h}" for l, h in top]
     assert results["top_heads_by_norm_subj"] == [f"{l}.{h}" for l, h in top]
     float32 = tolerance("identity", "float32")
     for row, (l, h) in zip(results["table1"], top):
-        expected = independent_table1_row(model, raw, ids, l, h, n1, n2)
+        expected = R.table1_row(model, raw, ids, l, h, n1, n2)
         assert expected["points"] == ids.size == 240
         for key in ("coupling", "cosine", "best_fit_slope", "r2"):
             assert abs(row[key] - expected[key]) <= 10 * float32 * max(1.0, abs(expected[key])), (l, h, key)
@@ -492,7 +377,7 @@ def test_demo_table1_equals_an_independent_computation(model, raw, demo):
 
 def test_case_study_uses_the_papers_prompts(model):
     built = case_study.paper_prompts(model)
-    for key in TEMPLATE:
-        female, male = female_male(model, key)
+    for key in R.TEMPLATE:
+        female, male = R.female_male(model, key)
         np.testing.assert_array_equal(built[key][0], female)
         np.testing.assert_array_equal(built[key][1], male)

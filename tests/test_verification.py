@@ -62,11 +62,47 @@ def test_theorem1_holds_and_constant():
 
 def test_errata_checks_pass():
     assert errata.coupling_definition(SAME).passed
-    assert errata.printed_couplings(tolerance("printed_digits", "paper")).passed
+    check, note = errata.printed_couplings(tolerance("printed_digits", "paper"))
+    assert check.passed and check.kind == "check" and note.kind == "measurement"
     assert errata.layer_norm_norm_factor(SAME).passed
     assert errata.theorem2_degenerate(SE).passed
     assert errata.theorem1_constant_check(SAME).passed
     assert len(errata.listing()) == 8
+
+
+def test_erratum_1_discriminates_the_coupling(monkeypatch):
+    """C12 C21 = cos^2 holds for y1.y2/|y2|^2 too; the check must reject that coupling and the cosine."""
+    import refimpl.analysis
+
+    for wrong in (lambda a, b: (a * b).sum(-1) / (b * b).sum(-1), refimpl.cosine):
+        monkeypatch.setattr(refimpl, "coupling", wrong)
+        assert not errata.coupling_definition(SAME).passed
+
+
+def test_erratum_8_rejects_the_printed_constant(monkeypatch):
+    monkeypatch.setattr(errata, "theorem1_constant", lambda: 0.155241)
+    assert not errata.theorem1_constant_check(SAME).passed
+
+
+def test_model_level_errata(organism):
+    ids = organism.to_ids("<|endoftext|>So, John really is a great friend, isn't")
+    subj = refimpl.observable(organism, {" she": 1, " he": -1})
+    assert errata.patching_sign(organism, SAME).passed
+    assert errata.swapped_layer_norms(organism, subj, ids, SAME).passed
+    assert errata.variance_vs_mean_abs(organism, ids).kind == "measurement"
+
+
+def test_erratum_7_rejects_the_authors_convention(organism, monkeypatch):
+    """head_features computed with ln_2's gain (the authors' attention convention) must fail erratum 7."""
+    ids = organism.to_ids("<|endoftext|>So, John really is a great friend, isn't")
+    subj = refimpl.observable(organism, {" she": 1, " he": -1})
+    original = refimpl.propagation.layer_norm_factor
+
+    def ln2_gain(model, name, y, mode, last, norms, points):
+        return original(model, name.replace("ln1", "ln2"), y, mode, last, norms, points)
+
+    monkeypatch.setattr(refimpl.propagation, "layer_norm_factor", ln2_gain)
+    assert not errata.swapped_layer_norms(organism, subj, ids, SAME).passed
 
 
 # ------------------------------------------------------------------ meta-tests: planted bugs are caught
@@ -92,11 +128,50 @@ def test_checkers_catch_a_jacobian_off_by_1e_6():
     assert not result.passed and "dense re-check" in result.detail and "J[" in result.detail
 
 
-def test_checkers_catch_attention_scaled_by_sqrt_dhead(tiny64):
+def numpy_peer_logits(folder, ids, attention_scale=1.0):
+    """An independent GPT-Neo forward written here from the raw Hugging Face tensors (no refimpl code):
+    pre-LN blocks, causal (and local-window) softmax attention with scores times ``attention_scale``
+    (GPT-Neo: 1, no 1/sqrt(d_head)), gelu_new, ln_f, tied unembedding.  ids [T] -> logits [T, V]"""
+    import json
+
+    from safetensors.numpy import load_file
+
+    cfg = json.loads((folder / "config.json").read_text())
+    t = {k.removeprefix("transformer."): v.astype(np.float64) for k, v in load_file(str(folder / "model.safetensors")).items()}
+    H, eps, window = cfg["num_heads"], cfg["layer_norm_epsilon"], cfg["window_size"]
+    kinds = [kind for block in cfg["attention_types"] for kind in block[0] * block[1]]
+    T = len(ids)
+
+    def ln(x, p):
+        m = x.mean(-1, keepdims=True)
+        return (x - m) / np.sqrt(((x - m) ** 2).mean(-1, keepdims=True) + eps) * t[p + ".weight"] + t[p + ".bias"]
+
+    x = t["wte.weight"][ids] + t["wpe.weight"][:T]
+    i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+    for l, kind in enumerate(kinds):
+        p = f"h.{l}."
+        h = ln(x, p + "ln_1")
+        q, k, v = ((h @ t[p + f"attn.attention.{n}_proj.weight"].T).reshape(T, H, -1) for n in "qkv")
+        visible = (j <= i) & ((j > i - window) if kind == "local" else True)
+        scores = np.where(visible, np.einsum("qhd,khd->hqk", q, k) * attention_scale, -np.inf)
+        a = np.exp(scores - scores.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        z = np.einsum("hqk,khd->qhd", a, v).reshape(T, -1)
+        x = x + z @ t[p + "attn.attention.out_proj.weight"].T + t[p + "attn.attention.out_proj.bias"]
+        pre = ln(x, p + "ln_2") @ t[p + "mlp.c_fc.weight"].T + t[p + "mlp.c_fc.bias"]
+        gelu = 0.5 * pre * (1 + np.tanh(np.sqrt(2 / np.pi) * (pre + 0.044715 * pre**3)))
+        x = x + gelu @ t[p + "mlp.c_proj.weight"].T + t[p + "mlp.c_proj.bias"]
+    return ln(x, "ln_f") @ t["wte.weight"].T
+
+
+def test_forward_parity_catches_a_peer_scaling_attention_by_sqrt_dhead(tiny_dir, tiny64):
+    """The report's forward-parity comparison passes on a correct independent peer and fails on the same
+    peer with its attention scores scaled by 1/sqrt(d_head) (the GPT-2 habit GPT-Neo does not have)."""
     ids = np.arange(10) % 61
-    scaled = tiny64.forward(ids, edits={f"blocks.{l}.attn.hook_attn_scores": (lambda s: s / np.sqrt(8))
-                                        for l in range(2)})
-    assert not relative_check("forward", scaled, tiny64.forward(ids), tolerance("forward_parity", "float64")).passed
+    oracle, tol = tiny64.forward(ids), tolerance("forward_parity", "float64")
+    assert relative_check("forward", oracle, numpy_peer_logits(tiny_dir, ids), tol).passed
+    planted = numpy_peer_logits(tiny_dir, ids, attention_scale=1 / np.sqrt(tiny64.config.d_head))
+    assert not relative_check("forward", oracle, planted, tol).passed
 
 
 def test_tolerance_policy_rejects_1e_3_in_float64():
@@ -138,7 +213,41 @@ def test_report_command(tmp_path):
     assert main(["--no-torch", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["passed"] and len(report["checks"]) > 40
-    assert {"name", "passed", "measured", "reference", "tolerance", "seed"} <= set(report["checks"][0])
+    assert {"name", "passed", "measured", "reference", "tolerance", "seed", "kind"} <= set(report["checks"][0])
+    kinds = [c["kind"] for c in report["checks"]]
+    assert report["checks_passed"] == kinds.count("check") > 40 and report["checks_failed"] == 0
+    assert report["measurements"] == kinds.count("measurement") >= 5 and report["skipped"] == kinds.count("skipped")
+    names = [c["name"] for c in report["checks"]]
+    errata_order = [int(n.split(":")[0].split()[1]) for n in names if n.startswith("erratum")]
+    assert errata_order == sorted(errata_order) and set(errata_order) == set(range(1, 9))
+    assert any("exceeds the Gaussian-case bound" in n for n in names)
+
+
+def test_report_kinds_table_and_summary():
+    from verification.checks import Check, measurement, skipped
+    from verification.report import format_summary, format_table
+
+    entries = [Check("a check that fails", False, 2.0, 1.0, 1e-12, detail="why"),
+               Check("a check", True, "17.14:0.9632 15.13:1.0972 13.11:1.0554", "4 SE = 4.02e-02", "rounding"),
+               measurement("a measurement", 0.39, 0.25), skipped("not run", "needs the GPT-2 vocabulary")]
+    assert [c.failed for c in entries] == [True, False, False, False]
+    table = format_table(entries)
+    assert "17.14:0.9632 15.13:1.0972 13.11:1.0554" in table and "4 SE = 4.02e-02" in table  # nothing cut
+    assert "needs the GPT-2 vocabulary" in table and "      why" in table
+    assert format_summary(entries) == ("1 checks passed, 1 failed; 1 measurements; 1 skipped "
+                                       "(not run: needs the GPT-2 vocabulary)")
+    with pytest.raises(ValueError):
+        Check("x", True, 0, 0, 0, kind="pass")
+
+
+def test_report_lists_checks_it_cannot_run_on_another_vocabulary(tiny64):
+    from verification.report import errata_checks, propagation_checks
+
+    ids = np.arange(8) % 61
+    entries = propagation_checks(tiny64, ids) + errata_checks(tiny64, ids)
+    skipped = [c for c in entries if c.kind == "skipped"]
+    assert len(skipped) == 2 and all("GPT-2 vocabulary" in c.detail for c in skipped)
+    assert all(c.passed for c in entries if c.kind == "check")
 
 
 def test_torch_backend_checks(organism):
@@ -149,6 +258,7 @@ def test_torch_backend_checks(organism):
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
     names = " ".join(c.name for c in checks)
     assert "torch (a)" in names and "MLP" in names and "torch (c)" in names
+    assert all(c.kind == "measurement" for c in checks if "torch (c)" in c.name)
 
 
 @given(small_configs())

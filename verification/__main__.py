@@ -2,6 +2,7 @@
 
     python -m verification [--model DIR_OR_HUB_ID] [--profile default|long] [--out report.json] [--no-torch]
     python -m verification conformance FILE.npz [--model ...]
+    python -m verification mutants [--fast | --only ID,...] [--list] [--jobs N] [--timeout S]
 """
 
 from __future__ import annotations
@@ -11,13 +12,20 @@ import os
 import sys
 import time
 
+from refimpl.argparsing import OneLineParser
+from refimpl.errors import RefimplError
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "conformance":
         return conformance_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m verification", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if argv and argv[0] == "mutants":
+        from .mutants import main as mutants_main
+
+        return mutants_main(argv[1:])
+    parser = OneLineParser(prog="python -m verification", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model to verify (default: the bundled organism)")
     parser.add_argument("--profile", default=os.environ.get("REFIMPL_HYPOTHESIS_PROFILE", "default"),
                         choices=["default", "long"])
@@ -28,19 +36,24 @@ def main(argv: list[str] | None = None) -> int:
     from . import report
 
     start = time.perf_counter()
-    checks = report.run(args.model, args.profile, not args.no_torch, args.seed)
-    print(report.format_table(checks))
-    failed = [c for c in checks if not c.passed]
-    report.write_json(checks, args.out, model=args.model or "organism", profile=args.profile, seed=args.seed,
-                      seconds=round(time.perf_counter() - start, 1))
-    print(f"\n{len(checks) - len(failed)} passed, {len(failed)} failed ({time.perf_counter() - start:.1f} s); "
-          f"report written to {args.out}")
-    return 1 if failed else 0
+    try:
+        checks = report.run(args.model, args.profile, not args.no_torch, args.seed)
+        print(report.format_table(checks))
+        report.write_json(checks, args.out, model=args.model or "organism", profile=args.profile, seed=args.seed,
+                          seconds=round(time.perf_counter() - start, 1))
+    except RefimplError as exc:
+        print(f"python -m verification: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"python -m verification: error: cannot write {args.out!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"\n{report.format_summary(checks)} ({time.perf_counter() - start:.1f} s); report written to {args.out}")
+    return 1 if any(c.failed for c in checks) else 0
 
 
 def conformance_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m verification conformance",
-                                     description="check a conformance file (see verification/conformance.py)")
+    parser = OneLineParser(prog="python -m verification conformance",
+                           description="check a conformance file (see verification/conformance.py)")
     parser.add_argument("file")
     parser.add_argument("--model", default=None)
     args = parser.parse_args(argv)
@@ -48,10 +61,15 @@ def conformance_main(argv: list[str]) -> int:
 
     from .conformance import check_file
 
-    checks = check_file(args.file, refimpl.load(args.model, dtype="float64"), args.model)
+    try:
+        checks = check_file(args.file, refimpl.load(args.model, dtype="float64"), args.model)
+    except RefimplError as exc:
+        print(f"python -m verification conformance: error: {exc}", file=sys.stderr)
+        return 2
     failed = [c for c in checks if not c.passed]
     for c in failed:
-        print(f"MISMATCH {c.name}: relative error {c.measured:.3e} > {c.tolerance:g}\n{c.detail}\n")
+        measured = f"{c.measured:.3e}" if isinstance(c.measured, float) else str(c.measured)
+        print(f"MISMATCH {c.name}: {measured} (tolerance {c.tolerance})\n{c.detail}\n")
     print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 

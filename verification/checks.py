@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+KINDS = ("check", "measurement", "skipped")
+
 
 @dataclass
 class Check:
-    """``passed`` is decided by comparing ``measured`` with ``reference`` under ``tolerance`` (given, never chosen)."""
+    """``passed`` is decided by comparing ``measured`` with ``reference`` under ``tolerance`` (given, never chosen).
+
+    ``kind``: "check" (can fail; counted in passed/failed), "measurement" (a number shown next to its
+    reference for the reader, never counted as a pass; ``passed`` only records that it could be computed)
+    or "skipped" (not run; ``detail`` gives the reason).
+    """
 
     name: str
     passed: bool
@@ -18,6 +25,16 @@ class Check:
     detail: str = ""
     group: str = ""
     extra: dict = field(default_factory=dict)
+    kind: str = "check"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def failed(self) -> bool:
+        """A check that did not pass (measurements and skipped entries never fail)."""
+        return bool(self.kind == "check" and not self.passed)
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -27,6 +44,17 @@ class Check:
                 out[key] = value.item()
         out["passed"] = bool(out["passed"])
         return out
+
+
+def measurement(name: str, measured, reference, detail: str = "", group: str = "", **info) -> Check:
+    """A reported number with its reference (kind "measurement": never a pass or a failure)."""
+    return Check(name, True, measured, reference, "measurement", detail=detail, group=group, kind="measurement",
+                 **info)
+
+
+def skipped(name: str, reason: str, group: str = "") -> Check:
+    """An entry that was not run, with the reason (kind "skipped")."""
+    return Check(name, True, "skipped", "", "", detail=reason, group=group, kind="skipped")
 
 
 def relative_check(name: str, measured, reference, tolerance: float, **info) -> Check:

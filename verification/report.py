@@ -12,8 +12,8 @@ import refimpl
 from refimpl import jacobians as J
 from refimpl import ops
 
-from . import errata, theorems
-from .checks import Check, relative_check
+from . import errata, linearized, theorems
+from .checks import Check, measurement, relative_check, skipped
 from .derivatives import check_adjoint, check_dense, check_jvp
 from .tolerances import TOLERANCES, tolerance
 
@@ -22,15 +22,31 @@ PROFILES = {  # Monte Carlo sample sizes and property-test effort per profile
     "long": {"theorem1_samples": 400000, "theorem2_samples": 1000000, "dims": (8, 16, 64, 768, 2048)},
 }
 PAPER_PROMPT = "<|endoftext|>So, John really is a great friend, isn't"
+FEMALE_PROMPT = "<|endoftext|>So, Jennifer really is a great friend, isn't"
+GPT2_VOCAB = 50257  # the observables " she" - " he" and the paper's prompts need the GPT-2 vocabulary
+
+
+def has_gpt2_vocab(model) -> bool:
+    return model.config.d_vocab == GPT2_VOCAB
+
+
+def default_observable(model):
+    """" she" - " he" on a GPT-2 vocabulary; otherwise token 1 - token 2 (any model can be checked)."""
+    spec = {" she": 1, " he": -1} if has_gpt2_vocab(model) else {1: 1, 2: -1}
+    return refimpl.observable(model, spec)
 
 
 def tolerance_policy_checks() -> list[Check]:
-    """The policy itself: every entry has a reason, and float64 tolerances reject a 1e-3 error."""
+    """The policy: every entry has a reason, and every float64 tolerance rejects a 1e-3 relative error
+    when used through relative_check (both fail if the table is edited carelessly)."""
     missing = [f"{k}" for k, t in TOLERANCES.items() if not t.reason.strip()]
-    rejects = tolerance("identity", "float64") < 1e-3 and tolerance("forward_parity", "float64") < 1e-3
-    return [Check("tolerance policy: every entry has a reason", not missing, len(missing), 0, 0, group="policy"),
-            Check("tolerance policy: float64 tolerances reject a 1e-3 error", rejects,
-                  tolerance("identity", "float64"), 1e-3, "< 1e-3", group="policy")]
+    x = np.random.default_rng(0).normal(size=100)
+    float64 = [k for k in TOLERANCES if k[1] == "float64"]
+    accepted = [f"{k[0]}" for k in float64 if relative_check("", x * (1 + 1e-3), x, TOLERANCES[k].value).passed]
+    return [Check("tolerance policy: every entry has a reason", not missing, len(missing), 0, 0,
+                  detail=f"entries without a reason: {missing}", group="policy"),
+            Check(f"tolerance policy: all {len(float64)} float64 tolerances reject a 1e-3 relative error",
+                  not accepted, len(accepted), 0, 0, detail=f"accepting 1e-3: {accepted}", group="policy")]
 
 
 def theorem1_checks(profile: dict, seed: int = 0) -> list[Check]:
@@ -56,13 +72,19 @@ def theorem1_checks(profile: dict, seed: int = 0) -> list[Check]:
 
 
 def theorem1_model_measurements(model, ids) -> list[Check]:
-    obs = refimpl.observable(model, {" she": 1, " he": -1})
+    """The angle between n and grad n.LN(x) on the model's own ln_1 inputs, per layer: measurements (the
+    bound was derived for Gaussian x and n, which the model's activations are not)."""
+    obs = default_observable(model)
     rows = theorems.layer_norm_turning(model, ids, obs)
-    return [Check(f"theorem 1 on the model: angle(n, grad n.LN(x)), ln_1 of layer {r['layer']}",
-                  bool(np.isfinite(r["angle_with_gain"])), r["angle_with_gain"], r["bound"], "measurement",
-                  detail=f"with the model's gains {r['angle_with_gain']:.4f} rad, idealised LN {r['angle_ideal']:.4f} "
-                         f"rad, Gaussian-case bound {r['bound']:.4f}", group="theorem 1 (model)",
-                  extra={"kind": "measurement"}) for r in rows]
+    out = []
+    for r in rows:
+        finding = " (exceeds the Gaussian-case bound)" if r["angle_with_gain"] > r["bound"] else ""
+        out.append(measurement(f"theorem 1 on the model: angle(n, grad n.LN(x)), ln_1 of layer {r['layer']}{finding}",
+                               r["angle_with_gain"], r["bound"],
+                               detail=f"with the model's gains {r['angle_with_gain']:.4f} rad, idealised LN "
+                                      f"{r['angle_ideal']:.4f} rad, Gaussian-case bound {r['bound']:.4f}",
+                               group="theorem 1 (model)"))
+    return out
 
 
 def theorem2_checks(profile: dict, seed: int = 0) -> list[Check]:
@@ -168,6 +190,24 @@ def block_checks(model, ids, seed: int = 0) -> list[Check]:
                               lambda x: J.block_frozen_attention(model, layer, x.reshape(small.shape), A[:, :3, :3]).ravel(),
                               dense, small.ravel(), tolerance("central_difference", "float64"), "central", seed))
     checks.append(block_adjoint_at_width(2048, 16, 8192, 5, seed))
+    checks += block_vs_model_checks(model, ids, seed)
+    return checks
+
+
+def block_vs_model_checks(model, ids, seed: int = 0) -> list[Check]:
+    """block_frozen_attention against the model's own block (run_with_trace with the block's
+    attn.hook_pattern frozen by an edit), at the clean block input and at a perturbed one (an edit of
+    hook_resid_pre): the two outputs hook_resid_post agree to rounding."""
+    rng = np.random.default_rng(seed)
+    checks = []
+    for layer in sorted({0, model.config.n_layers - 1}):
+        X = model.run_with_trace(np.atleast_2d(ids)[:1], names=[f"blocks.{layer}.hook_resid_pre"])[1][
+            f"blocks.{layer}.hook_resid_pre"][0]
+        for label, delta in (("clean input", None), ("perturbed input", 0.5 * np.std(X) * rng.normal(size=X.shape))):
+            got, expected = linearized.block_vs_model(model, ids, layer, delta)
+            checks.append(relative_check(f"block_frozen_attention vs the model's block {layer} ({label}, pattern "
+                                         "frozen by an edit)", got, expected, tolerance("identity", "float64"),
+                                         seed=seed, group="derivatives"))
     return checks
 
 
@@ -195,12 +235,101 @@ def block_adjoint_at_width(d: int, n_heads: int, d_mlp: int, n_tokens: int, seed
                          tolerance("identity", "float64"), seed)
 
 
-def errata_checks(seed: int = 0) -> list[Check]:
+def propagation_checks(model, ids) -> list[Check]:
+    """Observable propagation against references that share no code with it: dense W_OV from the raw
+    checkpoint tensors, the model run along a path (verification.linearized), brute-force virtual heads,
+    and the observable's sign on prompts with a known answer."""
+    same, frozen = tolerance("identity", "float64"), tolerance("frozen_path", "float64")
+    obs = default_observable(model)
+    cfg = model.config
+    L, H, d, dh = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_model // cfg.n_heads
+    raw = errata.raw_tensors(model)
+    u = raw.get("lm_head.weight", raw["transformer.wte.weight"]).T @ obs.vocab.astype(np.float64)
+    M = np.empty((L, H, d, d))  # column-convention OV: head output = M x
+    for l in range(L):
+        V = raw[f"transformer.h.{l}.attn.attention.v_proj.weight"]
+        O = raw[f"transformer.h.{l}.attn.attention.out_proj.weight"]
+        for h in range(H):
+            M[l, h] = O[:, h * dh:(h + 1) * dh] @ V[h * dh:(h + 1) * dh]
+    dense = np.einsum("lhij,i->lhj", M, u)  # M^T u
+    checks = [relative_check("propagation: head_features vs dense W_OV^T W_U^T n from raw checkpoint tensors",
+                             refimpl.head_features(model, obs), dense, same, group="propagation")]
+    # virtual heads: the scan vs brute force with the dense matrices (ignore and estimate)
+    ids2 = np.atleast_2d(ids)
+    final = f"blocks.{L - 1}.hook_resid_post"
+    _, trace = model.run_with_trace(ids2, names=[final] + [f"blocks.{l}.hook_resid_pre" for l in range(L)])
+    n_f = float(np.linalg.norm(trace[final][:, -1], axis=-1).mean())
+    n_1 = [float(np.linalg.norm(trace[f"blocks.{l}.hook_resid_pre"][:, -1], axis=-1).mean()) for l in range(L)]
+    g1 = [np.sqrt(d) * raw[f"transformer.h.{l}.ln_1.weight"] for l in range(L)]
+    for mode in ("ignore", "estimate"):
+        top = u if mode == "ignore" else np.sqrt(d) * raw["transformer.ln_f.weight"] * u / n_f
+        brute = np.full((L, H, L, H), np.nan)
+        for l2 in range(L):
+            for h2 in range(H):
+                y2 = M[l2, h2].T @ top if mode == "ignore" else g1[l2] * (M[l2, h2].T @ top) / n_1[l2]
+                for l1 in range(l2):
+                    y = np.einsum("hij,i->hj", M[l1], y2)
+                    brute[l1, :, l2, h2] = np.linalg.norm(y if mode == "ignore" else g1[l1] * y, axis=-1)
+        got = refimpl.virtual_head_norms(model, obs, mode, norms=refimpl.ln_input_norms(model, ids2))
+        finite = np.isfinite(brute)
+        same_nans = bool(np.array_equal(finite, np.isfinite(got)))
+        checks.append(relative_check(f"propagation: virtual_head_norms ({mode}) vs brute force over all "
+                                     f"{int(finite.sum())} pairs (raw tensors)",
+                                     got[finite] if same_nans else np.full(1, np.inf),
+                                     brute[finite] if same_nans else np.ones(1), same, group="propagation"))
+    # paths against the model run along them (complex step; nothing of refimpl.propagation)
+    pair = np.stack([ids2[0], ids2[0][::-1]])
+    mlp_layer = max(L - 2, 0)
+    name = f"blocks.{mlp_layer}.ln2.hook_normalized"
+    _, t2 = model.run_with_trace(pair, names=[name])
+    mlp_points = {mlp_layer: (np.array(t2[name][0, -1]), np.array(t2[name][1, -1]))}
+    one = min(1, H - 1)
+    long_path = [f"0.{one}", f"MLP{mlp_layer}", f"{L - 1}.{one}"]
+    rule = f"propagation: estimate rule (only the earliest node skips 1/|x~|), {' -> '.join(long_path)} vs the model run"
+    for path, mode, label in (([f"{L - 1}.{H - 1}"], "exact", None), (["0.0", f"{L - 1}.0"], "exact", None),
+                              (long_path, "exact", None), ([f"MLP{mlp_layer}"], "estimate", None),
+                              (long_path, "estimate", rule)):
+        checks.append(linearized.frozen_path_check(model, obs, path, ids2[:1], mode, frozen, mlp_points, "mean",
+                                                   name=label))
+    # the observable's sign on prompts with a known answer
+    if has_gpt2_vocab(model):
+        for prompt, sign, who in ((FEMALE_PROMPT, 1, "female"), (PAPER_PROMPT, -1, "male")):
+            value = float(model.forward(model.to_ids(prompt))[-1] @ obs.vocab)
+            checks.append(Check(f"propagation: n.logits, n = ' she' - ' he', is {'positive' if sign > 0 else 'negative'} "
+                                f"after a {who} name", value * sign > 0, value, 0.0, "> 0" if sign > 0 else "< 0",
+                                detail=prompt, group="propagation"))
+    else:
+        checks.append(skipped("propagation: sign of ' she' - ' he' after a female / male name",
+                              f"needs the GPT-2 vocabulary ({GPT2_VOCAB} tokens); this model has {cfg.d_vocab}",
+                              "propagation"))
+    return checks
+
+
+def errata_checks(model, ids, seed: int = 0) -> list[Check]:
+    """The errata in numeric order (1-8); model-level ones that need the GPT-2 vocabulary are listed as skipped."""
     same = tolerance("identity", "float64")
-    return [errata.coupling_definition(same, seed), errata.printed_couplings(tolerance("printed_digits", "paper")),
-            errata.layer_norm_norm_factor(same, seed),
-            errata.theorem2_degenerate(tolerance("monte_carlo", "standard_errors"), seed),
-            errata.variance_vs_mean_abs(same, seed), errata.theorem1_constant_check(same)]
+    checks = [errata.coupling_definition(same, seed)]
+    checks += errata.printed_couplings(tolerance("printed_digits", "paper"))
+    checks += [errata.layer_norm_norm_factor(same, seed),
+               errata.theorem2_degenerate(tolerance("monte_carlo", "standard_errors"), seed),
+               errata.variance_vs_mean_abs(model, ids)]
+    if has_gpt2_vocab(model):
+        checks.append(errata.patching_sign(model, same))
+    else:
+        checks.append(skipped("erratum 6: path patching sign (clean - patched)",
+                              f"needs the paper's prompts in the GPT-2 vocabulary; this model has {model.config.d_vocab} "
+                              "tokens", "errata"))
+    checks.append(errata.swapped_layer_norms(model, default_observable(model), ids, same))
+    checks.append(errata.theorem1_constant_check(same))
+    return checks
+
+
+def experiment_checks(model) -> list[Check]:
+    """refimpl.experiments (preset signs, Table 1, path patching, steering, DLA, Table 4) against the
+    independent references of ``verification.experiment_references``."""
+    from . import experiment_references
+
+    return experiment_references.checks(model)
 
 
 def torch_checks(model, ids) -> list[Check]:
@@ -208,28 +337,25 @@ def torch_checks(model, ids) -> list[Check]:
         import torch  # noqa: F401  (availability check)
         import transformers  # noqa: F401  (availability check)
     except ImportError as exc:
-        return [Check("torch backend", True, "skipped", "", "", detail=f"torch/transformers not installed: {exc}",
-                      group="torch", extra={"kind": "skipped"})]
+        return [skipped("torch backend", f"torch/transformers not installed: {exc}", "torch")]
     from . import torch_backend
+    from .torch_peer import load_peer
 
     checks = torch_backend.forward_checks(model, ids, tolerance("forward_parity", "float64"))
-    obs = refimpl.observable(model, {" she": 1, " he": -1})
-    points = refimpl.ln_input_points(model, ids)
+    obs = default_observable(model)
     L, H = model.config.n_layers, model.config.n_heads
     tol = tolerance("path_autograd", "float64")
-    checks.append(torch_backend.path_check(model, obs, [f"{L - 1}.{H - 1}"], points, None, tol))
-    checks.append(torch_backend.path_check(model, obs, ["0.0", f"{L - 1}.0"], points, None, tol))
-    name = f"blocks.{L - 2}.ln2.hook_normalized"
-    _, trace = model.run_with_trace(np.stack([ids, ids[::-1]]), names=[name])
-    x_neg, x_pos = trace[name][:, -1]
-    checks.append(torch_backend.path_check(model, obs, ["0.1", f"MLP{L - 2}", f"{L - 1}.1"], points,
-                                           {L - 2: (x_neg, x_pos)}, tol, mlp_fallback="mean"))
+    peer = load_peer(model.path, "float64")
+    pair = np.stack([np.asarray(ids), np.asarray(ids)[::-1]])
+    one = min(1, H - 1)
+    for path in ([f"{L - 1}.{H - 1}"], ["0.0", f"{L - 1}.0"], [f"0.{one}", f"MLP{max(L - 2, 0)}", f"{L - 1}.{one}"]):
+        checks.append(torch_backend.path_check(model, obs, path, ids, tol, pair, "mean", peer=peer))
     for row in torch_backend.full_gradient_capture(model, obs, ids):
-        checks.append(Check(f"torch (c): OV-only share of the full gradient, head {row['label']}",
-                            bool(np.isfinite(row["full_norm"])), row["captured_share"], 1.0, "measurement",
-                            detail=f"at token {row['position']} (attention {row['attention']:.3f}): cosine "
-                                   f"{row['cosine']:.4f}, |full| {row['full_norm']:.3e}, |OV| {row['ov_norm']:.3e}",
-                            group="torch (c)", extra={"kind": "measurement", **row}))
+        checks.append(measurement(f"torch (c): OV-only share of the full gradient, head {row['label']}",
+                                  row["captured_share"], 1.0,
+                                  detail=f"at token {row['position']} (attention {row['attention']:.3f}): cosine "
+                                         f"{row['cosine']:.4f}, |full| {row['full_norm']:.3e}, |OV| {row['ov_norm']:.3e}",
+                                  group="torch (c)", extra=row))
     return checks
 
 
@@ -238,38 +364,64 @@ def run(model_source=None, profile: str = "default", include_torch: bool = True,
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
     settings = PROFILES[profile]
     model = refimpl.load(model_source, dtype="float64")
-    ids = model.to_ids(PAPER_PROMPT) if model.config.d_vocab == 50257 else np.arange(8) % model.config.d_vocab
+    ids = model.to_ids(PAPER_PROMPT) if has_gpt2_vocab(model) else np.arange(8) % model.config.d_vocab
     checks = tolerance_policy_checks()
     checks += theorem1_checks(settings, seed)
-    if model.config.d_vocab == 50257:
-        checks += theorem1_model_measurements(model, ids)
+    checks += theorem1_model_measurements(model, ids)
     checks += theorem2_checks(settings, seed)
     checks += derivative_checks(seed)
     checks += block_checks(model, ids, seed)
-    checks += errata_checks(seed)
-    if model.config.d_vocab == 50257:
-        subj = refimpl.observable(model, {" she": 1, " he": -1})
-        checks.append(errata.swapped_layer_norms(model, subj, refimpl.ln_input_norms(model, np.atleast_2d(ids))))
-    if include_torch and model.config.d_vocab == 50257:
+    checks += propagation_checks(model, ids)
+    checks += errata_checks(model, ids, seed)
+    checks += experiment_checks(model)
+    if include_torch:
         checks += torch_checks(model, ids)
+    else:
+        checks.append(skipped("torch backend", "not run (--no-torch)", "torch"))
     return checks
 
 
+def _cell(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 def format_table(checks: list[Check]) -> str:
-    lines = [f"{'check':78} {'measured':>14} {'reference':>14} {'tolerance':>12} {'seed':>5}  result"]
-    for c in checks:
-        kind = c.extra.get("kind")
-        result = "PASS" if c.passed else "FAIL"
-        if kind in ("measurement", "skipped"):
-            result = kind
-        fmt = lambda v: f"{v:.6g}" if isinstance(v, float) else str(v)[:14]  # noqa: E731
-        lines.append(f"{c.name[:78]:78} {fmt(c.measured):>14} {fmt(c.reference):>14} {fmt(c.tolerance):>12} "
-                     f"{'' if c.seed is None else c.seed:>5}  {result}")
-        if not c.passed and c.detail:
-            lines += ["      " + line for line in c.detail.splitlines()]
+    """One line per entry, every column as wide as its widest cell (nothing is cut); the result column says
+    PASS / FAIL for checks, "measurement" or "skipped" otherwise; failures and skips show their detail."""
+    rows = [(c.name, _cell(c.measured), _cell(c.reference), _cell(c.tolerance), "" if c.seed is None else str(c.seed),
+             ("PASS" if c.passed else "FAIL") if c.kind == "check" else c.kind) for c in checks]
+    header = ("check", "measured", "reference", "tolerance", "seed", "result")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(6)]
+
+    def line(r):
+        return (f"{r[0]:{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  "
+                f"{r[4]:>{widths[4]}}  {r[5]}")
+
+    lines = [line(header)]
+    for c, r in zip(checks, rows):
+        lines.append(line(r))
+        if (c.failed or c.kind == "skipped") and c.detail:
+            lines += ["      " + text for text in c.detail.splitlines()]
     return "\n".join(lines)
 
 
+def counts(checks: list[Check]) -> dict:
+    """Numbers of passed and failed checks, measurements and skipped entries."""
+    return {"checks_passed": int(sum(bool(c.kind == "check" and c.passed) for c in checks)),
+            "checks_failed": int(sum(bool(c.failed) for c in checks)),
+            "measurements": int(sum(c.kind == "measurement" for c in checks)),
+            "skipped": int(sum(c.kind == "skipped" for c in checks))}
+
+
+def format_summary(checks: list[Check]) -> str:
+    """'N checks passed, M failed; K measurements; S skipped (reasons)'."""
+    n = counts(checks)
+    reasons = "; ".join(f"{c.name}: {c.detail}" for c in checks if c.kind == "skipped")
+    return (f"{n['checks_passed']} checks passed, {n['checks_failed']} failed; {n['measurements']} measurements; "
+            f"{n['skipped']} skipped" + (f" ({reasons})" if reasons else ""))
+
+
 def write_json(checks: list[Check], path: str | Path, **meta) -> None:
-    Path(path).write_text(json.dumps({**meta, "checks": [c.as_dict() for c in checks],
-                                      "passed": all(c.passed for c in checks)}, indent=1) + "\n")
+    Path(path).write_text(json.dumps({**meta, "checks": [c.as_dict() for c in checks], **counts(checks),
+                                      "summary": format_summary(checks),
+                                      "passed": not any(c.failed for c in checks)}, indent=1) + "\n")

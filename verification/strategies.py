@@ -93,3 +93,78 @@ def observables_specs(draw, vocab: int, max_terms: int = 4):
     weights = draw(st.lists(st.floats(-3, 3, **finite).filter(lambda w: abs(w) > 1e-3), min_size=len(ids),
                             max_size=len(ids)))
     return dict(zip(ids, weights))
+
+
+# --- hostile-file fuzzing: mutations of valid files (tests/test_hostile_files.py) ---
+
+@st.composite
+def mutated_bytes(draw, data: bytes, focus: int | None = None, max_edits: int = 4):
+    """``data`` after 1..max_edits edits: bit flips, byte overwrites, truncation, insertion, deletion.
+    With ``focus``, three edits in four land in the first ``focus`` bytes (e.g. a header)."""
+    out = bytearray(data)
+    for _ in range(draw(st.integers(1, max_edits))):
+        if not out:
+            out = bytearray(draw(st.binary(max_size=16)))
+            continue
+        span = min(focus, len(out)) if focus and draw(st.integers(0, 3)) else len(out)
+        pos = draw(st.integers(0, span - 1))
+        kind = draw(st.sampled_from(["flip", "set", "truncate", "insert", "delete"]))
+        if kind == "flip":
+            out[pos] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "set":
+            out[pos] = draw(st.integers(0, 255))
+        elif kind == "truncate":
+            del out[pos:]
+        elif kind == "insert":
+            out[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            del out[pos:pos + draw(st.integers(1, 8))]
+    return bytes(out)
+
+
+def json_values(max_leaves: int = 6):
+    """Arbitrary JSON values with hostile leaves: 0, negatives, 2**63, 1e30, NaN, Inf, bools, strings."""
+    leaves = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
+              | st.sampled_from([0, -1, 1, 2, 2**31, 2**63, 10**30, 1e-300, "global", "local", "gelu_new"])
+              | st.text(max_size=12))
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=3)
+                        | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=max_leaves)
+
+
+@st.composite
+def mutated_json(draw, value, max_edits: int = 3):
+    """A deep copy of the JSON ``value`` with 1..max_edits structural edits at random places: a value
+    replaced by an arbitrary JSON value, a key or item deleted, or a key added."""
+    import copy
+
+    value = copy.deepcopy(value)
+    for _ in range(draw(st.integers(1, max_edits))):
+        paths: list[tuple] = []
+
+        def walk(node, path):
+            paths.append(path)
+            items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+            for key, child in items:
+                walk(child, path + (key,))
+
+        walk(value, ())
+        path = draw(st.sampled_from(paths))
+        kind = draw(st.sampled_from(["replace", "delete", "add"]))
+        if not path:
+            if kind == "replace":
+                value = draw(json_values())
+            elif isinstance(value, dict):
+                value[draw(st.text(max_size=8))] = draw(json_values())
+            continue
+        parent = value
+        for key in path[:-1]:
+            parent = parent[key]
+        if kind == "replace":
+            parent[path[-1]] = draw(json_values())
+        elif kind == "delete":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[draw(st.text(max_size=8))] = draw(json_values())
+        else:
+            parent.insert(path[-1], draw(json_values()))
+    return value

@@ -1,8 +1,9 @@
 """The torch backend (optional: torch + transformers). Three independent checks of the oracle:
 
 (a) forward: transformers' GPTNeoForCausalLM in float64 (its float32 q/k cast neutralised) vs the oracle;
-(b) path features: torch autograd of n . logits along a path with every off-path quantity frozen, using
-    torch's own LayerNorm and tanh-GELU, vs ``refimpl.propagate`` in exact-LayerNorm mode;
+(b) path features: torch autograd of n . logits along a path built from the transformers module graph
+    alone (h[l].ln_1 feeds attention l, h[l].ln_2 feeds h[l].mlp, LayerNorm inputs captured by hooks on a
+    real run, MLP points by the reference's own bisection), vs ``refimpl.propagate`` in exact-LayerNorm mode;
 (c) a measurement the paper never made: the FULL gradient of n . logits with respect to one head's
     input (through its query, key and value and every later layer, nothing frozen), compared with the
     OV-only direct-path feature, per head.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 import refimpl
-from refimpl.propagation import parse_path
 
 from .checks import Check, relative_check
 from .torch_peer import exact_attention, load_peer, peer_forward
@@ -41,71 +41,110 @@ def forward_checks(model, ids, tolerance: float) -> list[Check]:
     return checks
 
 
-def torch_path_gradient(model, observable, path, points: dict, mlp_inputs: dict) -> np.ndarray:
-    """(b) grad_x of u . LN_f(...) along ``path`` in torch, each nonlinearity held at its own point.
-
-    ``points[name]`` is the input of LayerNorm ``name`` (exact mode); ``mlp_inputs[layer]`` the MLP input
-    at which an MLP node is linearised. Off-path parts of the residual are constants chosen so that, at
-    x = points[first LayerNorm], every LayerNorm and MLP sees exactly its point.
-    """
+def capture_module_inputs(peer, ids) -> dict:
+    """Inputs of every ln_1, ln_2 (and the MLP, i.e. ln_2's output) and ln_f module in a real run of the
+    peer on ``ids``, captured by forward hooks on the modules themselves: {(module, layer): [B, T, d]}."""
     import torch
-    import torch.nn.functional as F
 
-    nodes = parse_path(model, path)
-    W = {k: _t(v) for k, v in model.weights.items()}
-    eps, d = model.config.eps, model.config.d_model
+    captured, handles = {}, []
 
-    def ln(name, x):
-        return F.layer_norm(x, (d,), W[name + ".w"], W[name + ".b"], eps)
+    def keep(key, output=False):
+        def hook(module, args, out=None):
+            captured[key] = (out if output else args[0]).detach().clone()
+        return hook
 
-    def node_output(node, ln_in):
-        if node.kind == "attn":
-            p = f"blocks.{node.layer}.attn."
-            return ln(node.layer_norm, ln_in) @ W[p + "W_V"][node.head] @ W[p + "W_O"][node.head]
-        p = f"blocks.{node.layer}.mlp."
-        shift = _t(mlp_inputs[node.layer]) - ln(node.layer_norm, _t(points[node.layer_norm]))
-        pre = (shift + ln(node.layer_norm, ln_in)) @ W[p + "W_in"] + W[p + "b_in"]
-        return F.gelu(pre, approximate="tanh") @ W[p + "W_out"] + W[p + "b_out"]
+    for layer, block in enumerate(peer.transformer.h):
+        handles.append(block.ln_1.register_forward_pre_hook(keep(("ln_1", layer))))
+        handles.append(block.ln_2.register_forward_pre_hook(keep(("ln_2", layer))))
+        handles.append(block.ln_2.register_forward_hook(keep(("mlp_in", layer), output=True)))
+    handles.append(peer.transformer.ln_f.register_forward_pre_hook(keep(("ln_f", None))))
+    try:
+        with torch.no_grad(), exact_attention():
+            peer(torch.as_tensor(np.atleast_2d(ids), dtype=torch.long))
+    finally:
+        for h in handles:
+            h.remove()
+    return captured
 
-    def chain(x, at_point):
-        out = None
-        for i, node in enumerate(nodes):
-            if i == 0:
-                ln_in = x
-            elif at_point[i - 1] is None:  # the pass at the points themselves
-                ln_in = _t(points[node.layer_norm])
-            else:
-                ln_in = _t(points[node.layer_norm]) - at_point[i - 1] + out
-            out = node_output(node, ln_in)
-            yield out
 
-    x0 = _t(points[nodes[0].layer_norm])
+def torch_path_reference(peer, observable, path, ids, mlp_pair_ids=None, mlp_fallback: str | None = None,
+                         position: int = -1) -> tuple[np.ndarray, dict]:
+    """(b) the path's feature from the transformers module graph alone: attention l reads
+    ``transformer.h[l].ln_1``, MLP l reads ``.ln_2`` and is ``.mlp``, the logits read ``ln_f``; every
+    LayerNorm is linearised at its input captured by hooks on a real run of ``ids``; an MLP node is
+    linearised at the root t of g . mlp((1 - t) x_0 + t x_1) (bisection in torch; x_0, x_1 the MLP inputs of
+    the two prompts ``mlp_pair_ids`` at ``position``, g the downstream gradient). Returns (grad, {layer: t})."""
+    import torch
+
+    from .linearized import bisect_segment, read_path
+
+    nodes = read_path(path)
+    blocks = peer.transformer.h
+    cfg = peer.config
+    dh = cfg.hidden_size // cfg.num_heads
+    points = capture_module_inputs(peer, ids)
+    pair = capture_module_inputs(peer, mlp_pair_ids) if mlp_pair_ids is not None else {}
     with torch.no_grad():
-        at_point = list(chain(x0, [None] * len(nodes)))
-    x = x0.clone().requires_grad_(True)
-    outputs = list(chain(x, at_point))
-    final_in = _t(points["ln_final"]) - at_point[-1] + outputs[-1]
-    value = _t(observable.residual) @ ln("ln_final", final_in)
-    value.backward()
-    return x.grad.numpy()
+        u = peer.get_output_embeddings().weight.T @ _t(observable.vocab)  # W_U^T n  [d]
+    mlp_at, ts = {}, {}
+
+    def ln_of(kind, layer):
+        return blocks[layer].ln_1 if kind == "attn" else blocks[layer].ln_2
+
+    def point(kind, layer):
+        return points[("ln_1" if kind == "attn" else "ln_2", layer)][0, position]
+
+    def node_out(node, ln_input):
+        kind, layer, head = node
+        if kind == "attn":
+            att = blocks[layer].attn.attention
+            W_v = att.v_proj.weight[head * dh:(head + 1) * dh]  # [dh, d]: v = W_v x
+            W_o = att.out_proj.weight[:, head * dh:(head + 1) * dh]  # [d, dh]
+            return W_o @ (W_v @ ln_of(kind, layer)(ln_input))
+        ln = ln_of(kind, layer)
+        return blocks[layer].mlp(mlp_at[layer] + ln(ln_input) - ln(point(kind, layer)))
+
+    def downstream(start, change):
+        """u . ln_f(...) when the LayerNorm input of nodes[start] (or ln_f's) moves by ``change``."""
+        for node in nodes[start:]:
+            at = point(node[0], node[1])
+            with torch.no_grad():
+                base = node_out(node, at)
+            change = node_out(node, at + change) - base
+        return u @ peer.transformer.ln_f(points[("ln_f", None)][0, position] + change)
+
+    def gradient(start):
+        x = torch.zeros(cfg.hidden_size, dtype=torch.float64, requires_grad=True)
+        return torch.autograd.grad(downstream(start, x), x)[0].detach()
+
+    for k in range(len(nodes) - 1, -1, -1):
+        kind, layer, _ = nodes[k]
+        if kind == "mlp":
+            g = gradient(k + 1)
+            x0, x1 = pair[("mlp_in", layer)][0, position], pair[("mlp_in", layer)][1, position]
+            with torch.no_grad():
+                t = bisect_segment(lambda s: float(g @ blocks[layer].mlp((1 - s) * x0 + s * x1)), mlp_fallback)
+            mlp_at[layer], ts[layer] = (1 - t) * x0 + t * x1, t
+    return gradient(0).numpy(), ts
 
 
-def path_check(model, observable, path, points: dict, mlp_points: dict | None, tolerance: float,
-               mlp_fallback: str | None = None) -> Check:
-    """(b) the oracle's exact-mode path feature vs torch autograd at the same points."""
+def path_check(model, observable, path, ids, tolerance: float, mlp_pair_ids=None, mlp_fallback: str | None = None,
+               peer=None) -> Check:
+    """(b) the oracle's exact-mode path feature (points from ``ln_input_points``, MLP inputs from its own
+    trace) vs ``torch_path_reference`` built from the transformers module graph."""
+    ids = np.atleast_2d(ids)
+    peer = peer if peer is not None else load_peer(model.path, "float64")
+    points = refimpl.ln_input_points(model, ids)
+    mlp_points = None
+    if mlp_pair_ids is not None:
+        names = [f"blocks.{l}.ln2.hook_normalized" for l in range(model.config.n_layers)]
+        _, trace = model.run_with_trace(np.atleast_2d(mlp_pair_ids), names=names)
+        mlp_points = {l: (trace[n][0, -1], trace[n][1, -1]) for l, n in enumerate(names)}
     result = refimpl.propagate(model, observable, path, layernorm="exact", points=points, mlp_points=mlp_points,
                                mlp_fallback=mlp_fallback)
-    nodes = parse_path(model, path)
-    mlp_inputs = {}
-    steps = {s.node: s for s in result.steps}
-    for node in nodes:
-        if node.kind == "mlp":
-            x_neg, x_pos = mlp_points[node.layer]
-            t = steps[node.label].boundary_t
-            mlp_inputs[node.layer] = (1 - t) * np.asarray(x_neg, np.float64) + t * np.asarray(x_pos, np.float64)
-    reference = torch_path_gradient(model, observable, path, points, mlp_inputs)
-    return relative_check(f"torch (b): autograd along {result.path} vs propagated feature (exact LN)",
-                          result.vector, reference, tolerance, group="torch")
+    reference, _ = torch_path_reference(peer, observable, path, ids, mlp_pair_ids, mlp_fallback)
+    return relative_check(f"torch (b): autograd on the transformers modules along {result.path} vs propagated "
+                          "feature (exact LN)", result.vector, reference, tolerance, group="torch")
 
 
 def full_gradient_capture(model, observable, ids, position: int | None = None) -> list[dict]:

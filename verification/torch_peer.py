@@ -86,7 +86,8 @@ def load_peer(folder: str | Path, dtype: str = "float64"):
     import torch
     from transformers import GPTNeoForCausalLM
 
-    model = GPTNeoForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=getattr(torch, dtype))
+    model = GPTNeoForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=getattr(torch, dtype),
+                                             use_safetensors=True)  # never unpickle a pytorch_model.bin
     return model.eval()
 
 

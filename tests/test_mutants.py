@@ -1,0 +1,108 @@
+"""Meta-tests of the mutation harness (verification/mutants.py) on a tiny throw-away project, plus the
+catalogue's own consistency. Not run against mutants (mutants.HARNESS_TESTS)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from verification import mutants as M
+from verification.mutants_catalogue import CATALOGUE, FAST
+
+PACKAGE = "mutmeta_pkg"  # not installed anywhere: importable only from the copy
+
+
+@pytest.fixture()
+def tiny_project(tmp_path):
+    root = tmp_path / "project"
+    (root / PACKAGE).mkdir(parents=True)
+    (root / PACKAGE / "__init__.py").write_text("def add(a, b):\n    return a + b\n\n\ndef name():\n    return 'add'\n")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_add.py").write_text(textwrap.dedent(f"""
+        from {PACKAGE} import add
+
+        def test_add():
+            assert add(2, 3) == 5
+    """))
+    return root
+
+
+def _mutant(id, anchor, replacement, file=f"{PACKAGE}/__init__.py"):
+    return M.Mutant(id, file, anchor, replacement, f"meta-test mutant {id}", ("tests/test_add.py",))
+
+
+def test_outcomes_on_a_tiny_project(tiny_project):
+    mutants = [
+        _mutant("missing-anchor", "return a * b", "return a - b"),
+        _mutant("missing-file", "return a + b", "return a - b", file=f"{PACKAGE}/gone.py"),
+        _mutant("planted", "return a + b", "return a - b"),
+        _mutant("equivalent", "return a + b", "return  a  +  b"),
+        _mutant("ambiguous", "return", "return 0 or"),
+    ]
+    lines = []
+    result = M.run_catalogue(mutants, tiny_project, jobs=2, timeout=120, report=False, baseline=True,
+                             items=(PACKAGE, "tests"), isolation=(PACKAGE,), say=lines.append)
+    status = {o.id: o for o in result.outcomes}
+    assert result.baseline is not None and result.baseline.status == M.SURVIVED, result.baseline  # baseline passes
+    assert status["missing-anchor"].status == M.NOT_APPLICABLE  # never "caught"
+    assert status["missing-file"].status == M.NOT_APPLICABLE
+    assert status["planted"].status == M.CAUGHT and "tests/test_add.py::test_add" in status["planted"].by
+    assert status["equivalent"].status == M.SURVIVED
+    assert status["ambiguous"].status == M.CATALOGUE_ERROR
+    assert result.applicable == 2 and result.exit_status == 1
+    summary = M.summarize(result, 120)
+    assert "kill rate 1/2" in summary and "survivors: equivalent" in summary
+    # the unmutated source tree is untouched
+    assert "return a + b" in (tiny_project / PACKAGE / "__init__.py").read_text()
+
+
+def test_a_hanging_mutant_is_a_timeout_counted_as_caught(tiny_project):
+    hang = _mutant("hangs", "return a + b", "__import__('time').sleep(600)\n    return a + b")
+    lines = []
+    result = M.run_catalogue([hang], tiny_project, timeout=3, report=False, baseline=False,
+                             items=(PACKAGE, "tests"), say=lines.append)
+    (outcome,) = result.outcomes
+    assert outcome.status == M.TIMEOUT and outcome.killed and outcome.seconds < 30
+    assert "counted as CAUGHT" in lines[0] and result.exit_status == 0
+
+
+def test_a_failing_baseline_makes_the_run_meaningless(tiny_project):
+    (tiny_project / "tests" / "test_add.py").write_text("def test_broken():\n    assert False\n")
+    result = M.run_catalogue([], tiny_project, jobs=1,
+                             timeout=60, report=False, items=(PACKAGE, "tests"), isolation=(PACKAGE,),
+                             say=lambda s: None)
+    assert result.baseline.status == M.CAUGHT and result.exit_status == 2
+
+
+def test_copies_shadow_the_editable_install(tmp_path):
+    """The copy's refimpl and verification are what a run imports; the check itself can fail."""
+    copy = M.copy_tree(M.ROOT, tmp_path / "copy", ("refimpl", "verification"))
+    assert M.verify_isolation(copy, M.environment(copy)) == []
+    elsewhere = tmp_path / "empty"
+    elsewhere.mkdir()
+    problems = M.verify_isolation(elsewhere, M.environment(elsewhere))
+    assert len(problems) == 2 and "not from the copy" in problems[0]
+
+
+def test_apply_replaces_exactly_once(tmp_path):
+    (tmp_path / "f.py").write_text("x = 1\ny = 2\n")
+    m = M.Mutant("m", "f.py", "y = 2", "y = 3", "", also=(("x = 1", "x = 0"),))
+    assert M.apply(m, tmp_path) is None
+    assert (tmp_path / "f.py").read_text() == "x = 0\ny = 3\n"
+    assert M.apply(m, tmp_path)[0] == M.NOT_APPLICABLE  # already applied: anchors gone
+
+
+def test_catalogue_is_consistent_and_applies_to_this_checkout():
+    assert len(CATALOGUE) >= 45
+    assert M.validate(CATALOGUE) == []
+    ids = {m.id for m in CATALOGUE}
+    assert set(FAST) <= ids
+    named = {"prop-mlp-uses-ln1", "prop-ln2-input-resid-pre", "prop-ln-norms-all-tokens", "beam-keeps-worst",
+             "case-subj-sign-flipped", "exp-table4-transposed", "exp-table1-scores-from-ln2",
+             "jac-frozen-block-ln1-is-ln2"}  # the issue's named bugs
+    assert named <= ids
+    problems = {m.id: M.anchor_problem(m, M._read(M.ROOT, m.file)) for m in CATALOGUE}
+    problems = {k: v for k, v in problems.items() if v}
+    assert not problems, ("the code moved under these mutants: update their anchors in "
+                          f"verification/mutants_catalogue.py: {problems}")

@@ -102,11 +102,14 @@ def compute(model, say=None) -> dict:
     F = r["features"] = {name: head_features(model, o) for name, o in obs.items()}
     r["norms"] = {name: feature_norms(f) for name, f in F.items()}
     r["norms_ln"] = {name: feature_norms(head_features(model, obs[name], "estimate",
-                                                       norms=ln_input_norms(model, both[name])))
+                                                       norms=ln_input_norms(model, both[name],
+                                                                            trace=ex.clean_run(model, both[name])[1])))
                      for name in ("subj", "obj")}
 
     say("path patching per head (Figure 2)")
     r["patch"] = {name: ex.path_patch_heads(model, *task[name], obs[name]) for name in ("subj", "obj")}
+    say("activation patching per head, full downstream effect (beside Figure 2)")
+    r["patch_full"] = {name: ex.activation_patch_heads(model, *task[name], obs[name]) for name in ("subj", "obj")}
 
     say("direct logit attribution")
     r["dla"] = {name: ex.direct_logit_attribution(model, both[name], obs[name]) for name in ("subj", "obj")}
@@ -207,6 +210,7 @@ def write(model, r: dict, out: str | Path, figures: bool = True, say=None) -> di
         save(head_table(r["norms"][name], "norm"), f"norms_{name}")
         save(head_table(r["norms_ln"][name], "norm_with_ln"), f"norms_with_ln_{name}")
         save(head_table(r["patch"][name], "clean_minus_patched"), f"patching_{name}")
+        save(head_table(r["patch_full"][name], "clean_minus_patched"), f"activation_patching_{name}")
     save(_renamed(r["compare_subj_obj"], "subj", "obj"), "compare_subj_obj")
     save(_renamed(r["compare_diff_same"], "diff", "same"), "compare_diff_same")
     save(r["table1"], "table1")
@@ -244,6 +248,8 @@ def write_figures(r: dict, out: Path) -> None:
                     out / f"fig1_norms_{name}.png", label="feature norm (no LayerNorm)")
         fig.heatmap(r["patch"][name], f"Figure 2: path patching, {observable_text}", out / f"fig2_patching_{name}.png",
                     centred=True, label="clean - patched (logits)")
+        fig.heatmap(r["patch_full"][name], f"Activation patching (full downstream effect), {observable_text}",
+                    out / f"fig2b_activation_patching_{name}.png", centred=True, label="clean - patched (logits)")
     fig.heatmap(r["cos_so"], "Figure 3a: cosine(subj feature, obj feature)", out / "fig3a_cosine.png", centred=True,
                 label="cosine")
     fig.heatmap(r["c_so"], "Figure 3b: coupling subj -> obj", out / "fig3b_coupling_subj_obj.png", centred=True,
@@ -334,6 +340,10 @@ def summary(model, r: dict, figures: bool) -> str:
         f"Largest clean - patched effects for n_subj: {_heads(r['patch']['subj'], k)}; n_obj: "
         f"{_heads(r['patch']['obj'], k)}. Of the top {k} heads by feature norm, {len(overlap)} {_are(len(overlap))} "
         f"among the top {k} by |patching| ({', '.join(overlap) or 'none'}).",
+        "",
+        "Activation patching (beyond the paper): the head's output replaced by its value on the male prompt and "
+        "every later layer recomputed, so indirect effects count too. Largest clean - patched effects for n_subj: "
+        f"{_heads(r['patch_full']['subj'], k)}; n_obj: {_heads(r['patch_full']['obj'], k)}.",
         "",
         "## Cosines and couplings (Sections 6.6-6.7, Figure 3, Table 1)",
         "Heads with the highest cosine between their n_subj and n_obj features: "

@@ -162,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     patch.add_argument("--observable", default="subj", help=obs_help)
     patch.add_argument("--template", default=None, choices=TEMPLATES,
                        help="prompt template (default: the observable's task: subj_friend, obj_love or occupation)")
+    patch.add_argument("--full", action="store_true",
+                       help="activation patching instead: replace the head's output by its corrupted value and "
+                            "let every later layer recompute (the full downstream effect)")
+    patch.add_argument("--per-position", action="store_true",
+                       help="with --full: patch one position at a time (rows per head and position)")
     patch.add_argument("--top", type=_positive_int, default=10, help="rows to print (default: %(default)s)")
     steer = sub.add_parser("steer", parents=[common], help="add k * (a head's feature) before its layer",
                            description="Add k v (v: the head's feature) to the residual before the head's layer at "
@@ -218,9 +223,25 @@ def run(args) -> None:
     elif args.command == "patch":
         obs = _observable(model, args.observable)
         key, female, male = _prompts(model, args.observable, args.template)
-        table = head_table(ex.path_patch_heads(model, female, male, obs), "clean_minus_patched")
-        _emit(_top(table, args.top), args, _describe(model, obs, prompts=f"{key} (clean: 10 female, corrupted: 10 "
-                                                                             "male names)"), heads)
+        prompts = f"{key} (clean: 10 female, corrupted: 10 male names)"
+        if args.per_position and not args.full:
+            raise UsageError("--per-position needs --full")
+        if not args.full:
+            table = head_table(ex.path_patch_heads(model, female, male, obs), "clean_minus_patched")
+            _emit(_top(table, args.top), args, _describe(model, obs, prompts=prompts, patching="direct path (authors')"),
+                  heads)
+        elif not args.per_position:
+            table = head_table(ex.activation_patch_heads(model, female, male, obs), "clean_minus_patched")
+            _emit(_top(table, args.top), args, _describe(model, obs, prompts=prompts, patching="full (activation)"),
+                  heads)
+        else:
+            effects = ex.activation_patch_heads(model, female, male, obs, per_position=True)
+            rows = [{"label": f"{l}.{h}", "token": case_study.token_label(model, female, t),
+                     "clean_minus_patched": float(effects[l, h, t])} for l, h, t in np.ndindex(effects.shape)]
+            rows.sort(key=lambda r: -abs(r["clean_minus_patched"]))
+            _emit(_top(Table(rows), args.top), args,
+                  _describe(model, obs, prompts=prompts, patching="full (activation), one position at a time"),
+                  effects.size)
     elif args.command == "steer":
         node = parse_node(model, args.head)
         if node.kind != "attn":

@@ -24,9 +24,46 @@ def _batch(ids) -> np.ndarray:
     return ids
 
 
+# ------------------------------------------------------------------ one clean run per prompt set
+CLEAN_RUNS = 3  # clean runs kept (the most recent prompt sets)
+_clean_runs: list[tuple[object, np.ndarray, np.ndarray, object]] = []
+
+
+def clean_names(n_layers: int) -> list[str]:
+    """What a clean run records: every block's input, resid_mid, ln_1 output, values, z and pattern, and the
+    final residual and ln_final scale (enough for norms, DLA, patching, fits, LayerNorm studies, resuming)."""
+    per_layer = ("hook_resid_pre", "hook_resid_mid", "ln1.hook_normalized", "attn.hook_v", "attn.hook_z",
+                 "attn.hook_pattern")
+    return [f"blocks.{l}.{n}" for l in range(n_layers) for n in per_layer] + [
+        f"blocks.{n_layers - 1}.hook_resid_post", "ln_final.hook_scale"]
+
+
+def clean_run(model, ids):
+    """(last-position logits [batch, vocab], trace of ``clean_names``) of ``ids`` [batch, seq], computed once
+    and shared by every experiment on the same prompts (the ``CLEAN_RUNS`` most recent prompt sets are
+    kept; ``clear_clean_runs()`` drops them). Trace arrays are read-only, so sharing them is safe."""
+    ids, _ = model.check_ids(_batch(ids))
+    for index, entry in enumerate(_clean_runs):
+        if entry[0] is model and entry[1].shape == ids.shape and np.array_equal(entry[1], ids):
+            _clean_runs.insert(0, _clean_runs.pop(index))  # most recently used first
+            return entry[2], entry[3]
+    logits, trace = model.run_with_trace(ids, names=clean_names(model.config.n_layers), logits_at=-1)
+    logits.flags.writeable = False
+    _clean_runs.insert(0, (model, ids.copy(), logits, trace))
+    del _clean_runs[CLEAN_RUNS:]
+    return logits, trace
+
+
+def clear_clean_runs() -> None:
+    """Forget the shared clean runs (frees their memory)."""
+    _clean_runs.clear()
+
+
 def observable_values(model, ids, observable: Observable, position: int = -1) -> np.ndarray:
     """n . logits at ``position`` for every prompt.  [batch]"""
-    return model.forward(_batch(ids))[:, position] @ observable.vocab
+    if position == -1:
+        return clean_run(model, ids)[0] @ observable.vocab
+    return model.forward(_batch(ids), logits_at=position) @ observable.vocab
 
 
 # ------------------------------------------------------------------ direct logit attribution
@@ -36,8 +73,7 @@ def direct_logit_attribution(model, ids, observable: Observable) -> tuple[np.nda
     over prompts (the per-position terms sum to the per-head value)."""
     ids = _batch(ids)
     cfg = model.config
-    names = ["ln_final.hook_scale"] + [f"blocks.{l}.attn.hook_{k}" for l in range(cfg.n_layers) for k in ("v", "pattern")]
-    _, trace = model.run_with_trace(ids, names=names)
+    _, trace = clean_run(model, ids)
     scale = trace["ln_final.hook_scale"][:, -1]  # [B, 1]
     g = model.weights["ln_final.w"] * observable.residual  # [d]
     per_position = np.zeros((cfg.n_layers, cfg.n_heads, ids.shape[1]))
@@ -55,23 +91,68 @@ def direct_logit_attribution(model, ids, observable: Observable) -> tuple[np.nda
 def path_patch_heads(model, clean_ids, corrupt_ids, observable: Observable) -> np.ndarray:
     """Per head [L, H]: mean over prompt pairs of n . logits_clean[-1] - n . logits_patched[-1], where the
     patched run adds (head output on the corrupted prompt - on the clean prompt) to the ln_final input at
-    every position and re-applies ln_final (a direct-path effect; one cached run per prompt)."""
+    every position and re-applies ln_final (a direct-path effect; one clean run of both prompt sets)."""
     clean_ids, corrupt_ids = _batch(clean_ids), _batch(corrupt_ids)
     if clean_ids.shape != corrupt_ids.shape:
         raise InputError(f"clean and corrupted prompts must pair up: shapes {clean_ids.shape} and {corrupt_ids.shape}")
     cfg = model.config
+    B = clean_ids.shape[0]
+    logits, trace = clean_run(model, np.concatenate([clean_ids, corrupt_ids]))
     last = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
-    names = [last] + [f"blocks.{l}.attn.hook_result" for l in range(cfg.n_layers)]
-    clean_logits, clean = model.run_with_trace(clean_ids, names=names)
-    _, corrupt = model.run_with_trace(corrupt_ids, names=names[1:])
     W = model.weights
-    base = clean[last][:, -1]  # [B, d]
-    diffs = np.stack([corrupt[f"blocks.{l}.attn.hook_result"][:, -1] - clean[f"blocks.{l}.attn.hook_result"][:, -1]
+    base = trace[last][:B, -1]  # [B, d]
+    # each head's output at the last token, z[h] @ W_O[h], on the corrupted minus the clean prompts
+    diffs = np.stack([np.einsum("bhk,hkd->bhd", trace[f"blocks.{l}.attn.hook_z"][B:, -1]
+                                - trace[f"blocks.{l}.attn.hook_z"][:B, -1], W[f"blocks.{l}.attn.W_O"])
                       for l in range(cfg.n_layers)], axis=1)  # [B, L, H, d]
     patched = base[:, None, None, :] + diffs
     out = ops.layer_norm(patched, W["ln_final.w"], W["ln_final.b"], cfg.eps)[0] @ observable.residual  # [B, L, H]
-    clean_score = clean_logits[:, -1] @ observable.vocab  # [B]
+    clean_score = logits[:B] @ observable.vocab  # [B]
     return (clean_score[:, None, None] - out).mean(axis=0)
+
+
+# ------------------------------------------------------------------ activation patching (full downstream effect)
+def activation_patch_heads(model, clean_ids, corrupt_ids, observable: Observable, per_position: bool = False,
+                           chunk: int | None = None) -> np.ndarray:
+    """Per head: mean over prompt pairs of n . logits_clean[-1] - n . logits_patched[-1], where the patched
+    run replaces that head's output (z[h] @ W_O[h]) by its value on the corrupted prompt, at every position
+    ([L, H]) or at one position at a time (``per_position``: [L, H, T]), with the full downstream effect
+    (later layers recompute), unlike the authors' direct-path ``path_patch_heads``.
+
+    The patched variants of layer l start from its resid_mid (clean resid_mid + the head's output change)
+    and run as batches of up to ``chunk`` variants x prompts (default: what the model's chunk budget
+    allows), so each costs (n_layers - l - 1/2) / n_layers of a forward."""
+    clean_ids, corrupt_ids = _batch(clean_ids), _batch(corrupt_ids)
+    if clean_ids.shape != corrupt_ids.shape:
+        raise InputError(f"clean and corrupted prompts must pair up: shapes {clean_ids.shape} and {corrupt_ids.shape}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
+        raise InputError(f"chunk must be a whole number >= 1 (variants x prompts per run), got {chunk!r}")
+    cfg = model.config
+    B, T = clean_ids.shape
+    logits, trace = clean_run(model, np.concatenate([clean_ids, corrupt_ids]))
+    clean_score = logits[:B] @ observable.vocab  # [B]
+    W = model.weights
+    positions = list(range(T)) if per_position else [None]
+    out = np.zeros((cfg.n_layers, cfg.n_heads, len(positions)))
+    for l in range(cfg.n_layers):
+        z = trace[f"blocks.{l}.attn.hook_z"]  # [2B, T, H, dh]
+        change = np.einsum("bthk,hkd->hbtd", z[B:] - z[:B], W[f"blocks.{l}.attn.W_O"])  # [H, B, T, d]
+        mid = trace[f"blocks.{l}.hook_resid_mid"][:B]  # [B, T, d]
+        variants = []  # (head, position index, [B, T, d] resid_mid)
+        for h in range(cfg.n_heads):
+            for i, t in enumerate(positions):
+                patched = mid + change[h] if t is None else mid.copy()
+                if t is not None:
+                    patched[:, t] += change[h, :, t]
+                variants.append((h, i, patched))
+        per_run = max(1, (chunk or model.chunk_rows(T, logits_at=-1)) // B)
+        for start in range(0, len(variants), per_run):
+            part = variants[start:start + per_run]
+            stacked = np.concatenate([v for _, _, v in part])  # [len(part) * B, T, d]
+            scores = model.run_from(f"blocks.{l}.hook_resid_mid", stacked, names=(), logits_at=-1)[0] @ observable.vocab
+            for j, (h, i, _) in enumerate(part):
+                out[l, h, i] = (clean_score - scores[j * B:(j + 1) * B]).mean()
+    return out if per_position else out[..., 0]
 
 
 # ------------------------------------------------------------------ activation steering
@@ -87,14 +168,14 @@ def steer(model, ids, observables: Mapping[str, Observable], name: str, position
         raise InputError(f"steering vector must have shape ({model.config.d_model},), got {vector.shape}")
     if not -ids.shape[1] <= position < ids.shape[1]:
         raise InputError(f"position {position} is outside prompts of {ids.shape[1]} tokens")
-    clean = model.forward(ids)[:, -1]
+    clean, trace = clean_run(model, ids)  # shared; the edited runs resume from the steered layer
     rows = []
     for k in multipliers:
         def edit(x, k=k):
             x[:, position] += (k * vector).astype(x.dtype)
             return x
 
-        logits = model.forward(ids, edits={name: edit})[:, -1]
+        logits = model.forward(ids, edits={name: edit}, logits_at=-1, resume=trace)
         row = {"activation": name, "position": position, "multiplier": float(k)}
         for label, obs in observables.items():
             row[f"{label}_effect"] = float(((logits - clean) @ obs.vocab).mean())
@@ -106,7 +187,7 @@ def activation_scale(model, ids, layer: int, position: int, vector: np.ndarray) 
     """mean |resid_pre of ``layer`` at ``position``| / |vector|: the multiplier that makes ``vector`` as
     long as the activation it is added to (steering multipliers comparable across models)."""
     name = f"blocks.{layer}.hook_resid_pre"
-    _, trace = model.run_with_trace(_batch(ids), names=[name])
+    _, trace = clean_run(model, ids)
     return float(np.linalg.norm(trace[name][:, position], axis=-1).mean() / np.linalg.norm(vector))
 
 
@@ -148,7 +229,7 @@ def head_input_scores(model, ids, layer: int, features: Sequence[np.ndarray]) ->
     """Dot products of every token's ln_1 output in ``layer`` with each feature vector (e.g. one head's
     features for several observables): [n_features, batch * seq]."""
     ids = _batch(ids)
-    _, trace = model.run_with_trace(ids, names=[f"blocks.{layer}.ln1.hook_normalized"])
+    _, trace = clean_run(model, ids)
     x = trace[f"blocks.{layer}.ln1.hook_normalized"].reshape(-1, model.config.d_model)  # [B*T, d]
     return np.stack(features).astype(x.dtype) @ x.T  # [n_features, d] @ [d, B*T]
 
@@ -183,7 +264,7 @@ def layer_norm_input_norms(model, ids) -> Table:
     from .propagation import ln_input_names
 
     names = ln_input_names(model.config.n_layers)
-    _, trace = model.run_with_trace(_batch(ids), names=sorted(set(names.values())))
+    _, trace = clean_run(model, ids)
     return Table([{"layernorm": ln, "mean_input_norm": float(np.linalg.norm(trace[act], axis=-1).mean())}
                   for ln, act in names.items()])
 
@@ -194,7 +275,7 @@ def layer_norm_gain_variance(model, ids) -> Table:
     from .propagation import ln_input_names
 
     names = ln_input_names(model.config.n_layers)
-    _, trace = model.run_with_trace(_batch(ids), names=sorted(set(names.values())))
+    _, trace = clean_run(model, ids)
     rows = []
     for ln, act in names.items():
         variance = float(np.var(model.weights[ln + ".w"]))
@@ -211,10 +292,13 @@ def ln_final_approximation_error(model, groups: Sequence[tuple[np.ndarray, np.nd
     the mean |linear approximation - true n . logits| over group j's prompts."""
     last = f"blocks.{model.config.n_layers - 1}.hook_resid_post"
     inputs = []
-    for female, male in groups:
-        _, tf = model.run_with_trace(_batch(female), names=[last])
-        _, tm = model.run_with_trace(_batch(male), names=[last])
-        inputs.append((tf[last][:, -1].astype(np.float64), tm[last][:, -1].astype(np.float64)))
+    for female, male in groups:  # one clean run per group (female and male prompts share a template)
+        female, male = _batch(female), _batch(male)
+        if female.shape[1] == male.shape[1]:
+            x = clean_run(model, np.concatenate([female, male]))[1][last][:, -1].astype(np.float64)
+            inputs.append((x[:len(female)], x[len(female):]))
+        else:
+            inputs.append(tuple(clean_run(model, ids)[1][last][:, -1].astype(np.float64) for ids in (female, male)))
     W = model.weights
     w, b = W["ln_final.w"].astype(np.float64), W["ln_final.b"].astype(np.float64)
     u = observable.residual.astype(np.float64)

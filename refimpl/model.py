@@ -85,7 +85,8 @@ class Model:
             raise InputError(f"text must be a str, got {type(text).__name__}")
         return np.asarray(self.tokenizer.encode(text), dtype=np.int64)
 
-    def forward(self, ids, edits: Mapping[str, Callable] | None = None) -> np.ndarray:
+    def forward(self, ids, edits: Mapping[str, Callable] | None = None, *, logits_at: int | None = None,
+                resume: Trace | None = None) -> np.ndarray:
         """Logits for token ids ``[seq]`` -> ``[seq, vocab]`` or ``[batch, seq]`` -> ``[batch, seq, vocab]``.
 
         ``edits`` maps activation names to functions ``value -> new value`` applied during the run. An
@@ -94,20 +95,55 @@ class Model:
         of it); an edit that raises is reported as an InputError naming the activation. When the batch is
         run in chunks (see the class docstring), an edit is called once per chunk with that chunk's
         rows: an edit that treats prompts differently must not index the batch axis absolutely.
+
+        ``logits_at``: compute the unembedding only at this position: logits ``[batch, vocab]`` (``[vocab]``
+        for 1-D ids). ``resume``: the trace of a run on the SAME ids that recorded
+        ``blocks.{l}.hook_resid_pre`` (or ``hook_resid_mid``) of the earliest layer the edits touch; the run
+        then starts there (an edit at layer l cannot change layers below l). Without such an activation it
+        is a full run; the result is the same either way (to rounding).
         """
-        return self._execute(ids, frozenset(), check_edits(edits, self._names))[0]
+        return self._dispatch(ids, frozenset(), check_edits(edits, self._names), logits_at, resume)[0]
 
     def run_with_trace(self, ids, names: Iterable[str] | None = None,
-                       edits: Mapping[str, Callable] | None = None) -> tuple[np.ndarray, Trace]:
+                       edits: Mapping[str, Callable] | None = None, *, logits_at: int | None = None,
+                       resume: Trace | None = None) -> tuple[np.ndarray, Trace]:
         """Logits and a read-only trace of the activations ``names`` (all when None).
 
         Trace arrays always carry the batch axis ([1, ...] for 1-D ids). An edited activation is
-        recorded as edited, i.e. as the value the rest of the model saw.
+        recorded as edited, i.e. as the value the rest of the model saw. ``logits_at`` and ``resume`` as
+        in ``forward``; a resumed run takes the activations before its starting point from ``resume`` (it
+        resumes only when ``resume`` holds every such name asked for). ``trace.ids`` are the ids of the run.
         """
         record = self._names if names is None else check_record_names(names)
         if names is not None:
             check_names(record, self._names, "names")
-        logits, values = self._execute(ids, frozenset(record), check_edits(edits, self._names))
+        logits, values, ids = self._dispatch(ids, frozenset(record), check_edits(edits, self._names), logits_at, resume)
+        return logits, Trace(values, ids=ids)
+
+    def run_from(self, name: str, activation, names: Iterable[str] | None = None,
+                 edits: Mapping[str, Callable] | None = None, *, logits_at: int | None = None
+                 ) -> tuple[np.ndarray, Trace]:
+        """Run the model from a given activation: ``name`` is ``blocks.{l}.hook_resid_pre`` or
+        ``blocks.{l}.hook_resid_mid`` and ``activation`` its value ``[batch, seq, d_model]`` (the model's
+        dtype). Returns the logits (``[batch, seq, vocab]``, or ``[batch, vocab]`` with ``logits_at``) and a
+        trace of ``names`` (all activations from ``name`` on when None); ``edits`` apply from ``name`` on
+        (an edit of ``name`` itself too). Activations before ``name`` are not computed: asking for them
+        or editing them is an InputError."""
+        start = self._resume_point(name)
+        act = _activation(activation, self.config.d_model, self.dtype, name)
+        later = self._names[self._names.index(name):]
+        record = later if names is None else check_record_names(names)
+        check_names(record, self._names, "names")
+        edits = check_edits(edits, self._names)
+        early = sorted({n for n in list(record) + list(edits) if n not in later}, key=self._names.index)
+        if early:
+            raise InputError(f"run_from({name!r}) does not compute {early[:4]}: they come before {name}")
+        B, T = act.shape[:2]
+        if T > self.config.n_ctx:
+            raise InputError(f"activation: {T} positions are more than the position table ({self.config.n_ctx})")
+        position = _position(logits_at, T)
+        logits, values = self._execute(B, T, frozenset(record), edits, position,
+                                       lambda a, b, hooks: self._run_from(start, act[a:b], hooks, position))
         return logits, Trace(values)
 
     # ----------------------------------------------------------------- input checks
@@ -178,24 +214,92 @@ class Model:
         p = f"blocks.{layer}."
         resid_pre = hooks(p + "hook_resid_pre", resid_pre)
         attn_out = hooks(p + "hook_attn_out", self._attention(layer, self._layer_norm(p + "ln1.", resid_pre, hooks), hooks))
-        resid_mid = hooks(p + "hook_resid_mid", resid_pre + attn_out)
+        return self._block_mlp(layer, resid_pre + attn_out, hooks)
+
+    def _block_mlp(self, layer: int, resid_mid: np.ndarray, hooks: Hooks) -> np.ndarray:
+        """The second half of a block: resid_post = resid_mid + mlp(ln2(resid_mid))."""
+        p = f"blocks.{layer}."
+        resid_mid = hooks(p + "hook_resid_mid", resid_mid)
         mlp_out = hooks(p + "hook_mlp_out", self._mlp(layer, self._layer_norm(p + "ln2.", resid_mid, hooks), hooks))
         return hooks(p + "hook_resid_post", resid_mid + mlp_out)
 
-    def _execute(self, ids, record: frozenset, edits: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Check ``ids``, run them (in chunks of the batch if needed); logits and the recorded values."""
+    def _unembed(self, resid: np.ndarray, hooks: Hooks, position: int | None) -> np.ndarray:
+        """ln_final and the unembedding, at every position or only at ``position``.  -> [B, T, V] or [B, V]"""
+        final = self._layer_norm("ln_final.", resid, hooks)  # [B, T, d]
+        if position is not None:
+            final = final[:, position]  # [B, d]
+        return ops.linear(final, self.weights["unembed.W_U"])
+
+    def _run_from(self, start: tuple[int, int], resid: np.ndarray, hooks: Hooks, position: int | None) -> np.ndarray:
+        """Blocks from ``start`` = (layer, 0: its input / 1: its resid_mid) on, then the unembedding."""
+        layer, half = start
+        resid = self._block(layer, resid, hooks) if half == 0 else self._block_mlp(layer, resid, hooks)
+        for later in range(layer + 1, self.config.n_layers):
+            resid = self._block(later, resid, hooks)
+        return self._unembed(resid, hooks, position)
+
+    # ----------------------------------------------------------------- resuming
+    def _resume_point(self, name: str) -> tuple[int, int]:
+        """``blocks.{l}.hook_resid_pre`` -> (l, 0), ``blocks.{l}.hook_resid_mid`` -> (l, 1)."""
+        if not isinstance(name, str) or name not in self._names or not name.endswith(("hook_resid_pre",
+                                                                                      "hook_resid_mid")):
+            raise InputError(f"a run can start from blocks.{{l}}.hook_resid_pre or blocks.{{l}}.hook_resid_mid "
+                             f"(l in 0..{self.config.n_layers - 1}), got {name!r}")
+        return int(name.split(".")[1]), 0 if name.endswith("hook_resid_pre") else 1
+
+    def _earliest(self, names) -> tuple[int, int] | None:
+        """The resume point (layer, half) before every one of ``names``; None when one is the embedding."""
+        points = []
+        for name in names:
+            if name.startswith("ln_final."):
+                points.append((self.config.n_layers - 1, 1))
+            elif name.startswith("blocks."):
+                layer, rest = int(name.split(".")[1]), name.split(".", 2)[2]
+                points.append((layer, 1 if rest.startswith(("hook_resid_mid", "ln2.", "mlp.", "hook_mlp_out",
+                                                             "hook_resid_post")) else 0))
+            else:
+                return None
+        return min(points) if points else None
+
+    def _dispatch(self, ids, record: frozenset, edits: dict, logits_at, resume) -> tuple[np.ndarray, dict, np.ndarray]:
+        """Check ``ids`` and run them, from the embedding or (``resume``) from the earliest edited layer;
+        the logits, the recorded values and the checked ids."""
         ids, squeeze = self.check_ids(ids)
         B, T = ids.shape
-        rows = self._rows_per_chunk(B, T, record)
+        position = _position(logits_at, T)
+        start = self._earliest(edits) if resume is not None and edits else None
+        if resume is not None and not isinstance(resume, Trace):
+            raise InputError(f"resume must be the Trace of a run on the same ids, got {type(resume).__name__}")
+        if start is not None:
+            name = f"blocks.{start[0]}.hook_{'resid_pre' if start[1] == 0 else 'resid_mid'}"
+            index = self._names.index(name)
+            before = {n for n in record if self._names.index(n) < index}
+            usable = name in resume and before <= set(resume) and resume.ids is not None
+            if usable and (resume.ids.shape != ids.shape or not np.array_equal(resume.ids, ids)):
+                raise InputError("resume is the trace of a run on other token ids than these")
+            if usable:
+                act = resume[name]
+                logits, values = self._execute(B, T, record - before, edits, position,
+                                               lambda a, b, hooks: self._run_from(start, act[a:b], hooks, position))
+                values.update({n: resume[n] for n in before})
+                return (logits[0] if squeeze else logits), values, ids
+        logits, values = self._execute(B, T, record, edits, position,
+                                       lambda a, b, hooks: self._run(ids[a:b], hooks, position))
+        return (logits[0] if squeeze else logits), values, ids
+
+    def _execute(self, B: int, T: int, record: frozenset, edits: dict, position: int | None,
+                 run_rows: Callable) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Run ``run_rows(start, stop, hooks)`` over the batch (in chunks if needed); logits and the values."""
+        rows = self._rows_per_chunk(B, T, record, position)
         try:
             if rows >= B:
                 hooks = Hooks(record=record, edits=edits)
-                logits, values = self._run(ids, hooks), hooks.values
+                logits, values = run_rows(0, B, hooks), hooks.values
             else:
                 logits, values = None, {}
                 for start in range(0, B, rows):
                     hooks = Hooks(record=record, edits=edits)
-                    part, stop = self._run(ids[start:start + rows], hooks), min(B, start + rows)
+                    part, stop = run_rows(start, start + rows, hooks), min(B, start + rows)
                     if logits is None:
                         logits = np.empty((B,) + part.shape[1:], part.dtype)
                         values = {n: np.empty((B,) + v.shape[1:], v.dtype) for n, v in hooks.values.items()}
@@ -206,24 +310,32 @@ class Model:
                 for value in values.values():
                     value.flags.writeable = False
         except MemoryError:
-            out, work = self._row_bytes(T, record)
+            out, work = self._row_bytes(T, record, position)
             raise InputError(
                 f"token ids: ran out of memory running {B} prompts x {T} tokens (the logits{' and trace' if record else ''} "
                 f"need {_size(B * out)}, each chunk of {min(rows, B)} prompts about {_size(min(rows, B) * work)} more); "
                 "pass fewer prompts at a time or lower model.chunk_bytes") from None
-        return (logits[0] if squeeze else logits), values
+        return logits, values
 
-    def _row_bytes(self, T: int, record: frozenset) -> tuple[int, int]:
+    def _row_bytes(self, T: int, record: frozenset, position: int | None = None) -> tuple[int, int]:
         """Bytes per prompt of (the returned logits + recorded activations, the working set of a run)."""
         c, size = self.config, self.dtype.itemsize
         traced = sum(a * T + b * T * T for a, b in (self._elements[n] for n in record))
-        work = T * (c.d_vocab + 3 * c.d_mlp + 16 * c.d_model) + 4 * c.n_heads * T * T + traced  # + a chunk's trace
-        return size * (T * c.d_vocab + traced), size * work
+        logit_rows = T if position is None else 1
+        work = logit_rows * c.d_vocab + T * (3 * c.d_mlp + 16 * c.d_model) + 4 * c.n_heads * T * T + traced
+        return size * (logit_rows * c.d_vocab + traced), size * work
 
-    def _rows_per_chunk(self, B: int, T: int, record: frozenset) -> int:
+    def chunk_rows(self, n_tokens: int, logits_at: int | None = None) -> int:
+        """How many sequences of ``n_tokens`` one run (no trace) takes under ``chunk_bytes``: the batch size
+        that batched sweeps use."""
+        position = None if logits_at is None else _position(logits_at, n_tokens)
+        return max(1, check_int(self.chunk_bytes, "model.chunk_bytes", low=1)
+                   // self._row_bytes(n_tokens, frozenset(), position)[1])
+
+    def _rows_per_chunk(self, B: int, T: int, record: frozenset, position: int | None = None) -> int:
         """Prompts per chunk under ``chunk_bytes``; refuses a batch whose outputs cannot fit in memory."""
         budget = check_int(self.chunk_bytes, "model.chunk_bytes", low=1)
-        out, work = self._row_bytes(T, record)
+        out, work = self._row_bytes(T, record, position)
         rows = max(1, budget // work)
         need = B * out + min(rows, B) * work
         if need > _CHECK_MEMORY_ABOVE:
@@ -239,18 +351,36 @@ class Model:
                 rows = max(1, min(rows, (available - B * out) // work))  # smaller chunks if memory is short
         return min(rows, B)
 
-    def _run(self, ids: np.ndarray, hooks: Hooks) -> np.ndarray:
-        """The forward pass of checked int64 ids [B, T] -> logits [B, T, vocab]."""
+    def _run(self, ids: np.ndarray, hooks: Hooks, position: int | None = None) -> np.ndarray:
+        """The forward pass of checked int64 ids [B, T] -> logits [B, T, vocab] (or [B, vocab] at ``position``)."""
         B, T = ids.shape
         W = self.weights
         embed = hooks("hook_embed", W["embed.W_E"][ids])  # [B, T, d]
         pos = hooks("hook_pos_embed", np.broadcast_to(W["pos_embed.W_pos"][:T], embed.shape))  # [B, T, d]
-        resid = embed + pos
-        for layer in range(self.config.n_layers):
-            resid = self._block(layer, resid, hooks)
-        final = self._layer_norm("ln_final.", resid, hooks)  # [B, T, d]
-        logits = ops.linear(final, W["unembed.W_U"])  # [B, T, vocab]
-        return logits
+        return self._run_from((0, 0), embed + pos, hooks, position)
+
+
+def _position(logits_at, T: int) -> int | None:
+    """``logits_at`` checked against T positions (None: every position)."""
+    if logits_at is None:
+        return None
+    check_int(logits_at, "logits_at")
+    if not -T <= logits_at < T:
+        raise InputError(f"logits_at {logits_at} is outside the {T} positions")
+    return int(logits_at)
+
+
+def _activation(value, d_model: int, dtype: np.dtype, name: str) -> np.ndarray:
+    """A resumed activation: a finite array [batch, seq, d_model] in the model's dtype."""
+    arr = np.asarray(value)
+    if arr.ndim != 3 or arr.shape[-1] != d_model or 0 in arr.shape:
+        raise InputError(f"activation for {name} must be shaped [batch, seq, {d_model}], got {arr.shape}")
+    if arr.dtype != dtype:
+        raise InputError(f"activation for {name} is {arr.dtype} where the model computes in {dtype}; "
+                         f"convert it explicitly")
+    if not np.isfinite(arr).all():
+        raise InputError(f"activation for {name} holds NaN or inf")
+    return arr
 
 
 def _elements_per_prompt(c: Config, name: str) -> tuple[int, int]:

@@ -395,12 +395,22 @@ def ln_input_names(n_layers: int) -> dict[str, str]:
     return names
 
 
-def ln_input_norms(model, ids, position: int = -1) -> dict[str, float]:
-    """Mean |x| of every LayerNorm's input at ``position`` over the prompts ``ids`` [batch, seq]."""
+def traced(model, ids: np.ndarray, names, trace=None):
+    """``trace`` when it is a run on exactly ``ids`` holding ``names``; otherwise a new run recording them
+    (logits at the last position only)."""
+    if trace is not None and getattr(trace, "ids", None) is not None and set(names) <= set(trace) \
+            and trace.ids.shape == ids.shape and np.array_equal(trace.ids, ids):
+        return trace
+    return model.run_with_trace(ids, names=sorted(set(names)), logits_at=-1)[1]
+
+
+def ln_input_norms(model, ids, position: int = -1, trace=None) -> dict[str, float]:
+    """Mean |x| of every LayerNorm's input at ``position`` over the prompts ``ids`` [batch, seq]. ``trace``:
+    a run on the same ids already holding the LayerNorms' inputs (used instead of a new run)."""
     names = ln_input_names(model.config.n_layers)
     ids, _ = model.check_ids(ids)
     position = check_index(position, "position", ids.shape[1])
-    _, trace = model.run_with_trace(ids, names=sorted(set(names.values())))
+    trace = traced(model, ids, names.values(), trace)
     return {ln: float(np.linalg.norm(trace[act][:, position].astype(np.float64), axis=-1).mean())
             for ln, act in names.items()}
 
@@ -411,7 +421,7 @@ def ln_input_points(model, ids, position: int = -1, batch_index: int = 0) -> dic
     ids, _ = model.check_ids(ids)
     position = check_index(position, "position", ids.shape[1])
     batch_index = check_index(batch_index, "batch_index", ids.shape[0])
-    _, trace = model.run_with_trace(ids, names=sorted(set(names.values())))
+    trace = traced(model, ids, names.values())
     return {ln: np.array(trace[act][batch_index, position]) for ln, act in names.items()}
 
 

@@ -84,10 +84,15 @@ def check_names(names, valid: list[str], what: str) -> None:
 
 
 class Trace(Mapping[str, np.ndarray]):
-    """Read-only mapping from activation name to a read-only array."""
+    """Read-only mapping from activation name to a read-only array; ``ids`` are the token ids of the run
+    ([batch, seq] int64, read-only; None for a run started from an activation)."""
 
-    def __init__(self, values: dict[str, np.ndarray]):
+    def __init__(self, values: dict[str, np.ndarray], ids: np.ndarray | None = None):
         self._values = values
+        if ids is not None:
+            ids = ids.view()
+            ids.flags.writeable = False
+        self.ids = ids
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:

@@ -43,10 +43,13 @@ def old_bpe(ranks: dict, chunk: str) -> tuple[str, ...]:
 
 
 def old_encode(tok, text: str) -> list[int]:
-    ids = []
+    """The pre-rewrite encode, with its unbounded per-chunk cache (fresh for each call)."""
+    ids, cache = [], {}
     for chunk in PRETOKENIZE.findall(text):
         mapped = "".join(tok.byte_encoder[b] for b in chunk.encode("utf-8"))
-        ids.extend(tok.encoder[p] for p in old_bpe(tok.ranks, mapped))
+        if mapped not in cache:
+            cache[mapped] = old_bpe(tok.ranks, mapped)
+        ids.extend(tok.encoder[p] for p in cache[mapped])
     return ids
 
 

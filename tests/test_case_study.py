@@ -115,6 +115,8 @@ def test_cli_commands(tmp_path, capsys):
     assert cli.main(["compare", "--observable", "subj", "--observable", "obj", "--top", "2"]) == 0
     assert cli.main(["scan", "--top", "4"]) == 0
     assert cli.main(["patch", "--observable", "obj", "--top", "3"]) == 0
+    assert cli.main(["patch", "--full", "--top", "3"]) == 0
+    assert cli.main(["patch", "--full", "--per-position", "--top", "3"]) == 0
     assert cli.main(["steer", "--head", "3.0", "--multipliers", "-1", "1", "--relative"]) == 0
     assert cli.main(["features", "--observable", '{" her": 1, " him": -1}', "--layernorm", "estimate"]) == 0
     out = capsys.readouterr().out
@@ -135,6 +137,7 @@ def test_cli_commands(tmp_path, capsys):
     (["features", "--observable", '{"\u0663": 1}'], "is not a single token"),
     (["features", "--observable", "[1, 2]"], "must be a non-empty object"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["patch", "--per-position"], "--per-position needs --full"),
 ])
 def test_cli_bad_arguments(argv, message, capsys):
     assert cli.main(argv) == 2
@@ -187,7 +190,8 @@ def test_demo_writes_the_case_study(tmp_path):
     for name in ("norms_subj.csv", "patching_subj.json", "table1.csv", "table2_steering.csv", "fig1_norms_subj.png",
                  "fig2_patching_subj.png", "fig3b_coupling_subj_obj.png", "fig4_mlp.png", "table1_scatter.png",
                  "fig6_ln_input_norms.png", "fig7_gain_variance.png", "table2_steering.png",
-                 "table3_bias_mitigation.png", "claims.csv"):
+                 "table3_bias_mitigation.png", "claims.csv", "fig2b_activation_patching_subj.png",
+                 "activation_patching_obj.csv"):
         assert (tmp_path / name).exists(), name
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["bias"]["diff"]["female_minus_male"] > 0

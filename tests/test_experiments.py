@@ -381,3 +381,51 @@ def test_case_study_uses_the_papers_prompts(model):
         female, male = R.female_male(model, key)
         np.testing.assert_array_equal(built[key][0], female)
         np.testing.assert_array_equal(built[key][1], male)
+
+
+# ------------------------------------------------------------------ activation patching (full effect)
+def test_activation_patching_every_head_equals_an_edited_forward(model):
+    """Each head's z replaced by its value on the corrupted prompts (an edit of hook_z), full downstream effect."""
+    female, male = R.female_male(model, "subj_friend")
+    female, male = female[:4], male[:4]
+    n = R.n_vector(model, " she", " he")
+    cfg = model.config
+    effects = ex.activation_patch_heads(model, female, male, preset(model, "subj"), chunk=5)
+    clean = model.forward(female)[:, -1] @ n
+    scale = np.abs(clean).max()
+    assert effects.shape == (cfg.n_layers, cfg.n_heads)
+    for l in range(cfg.n_layers):
+        name = f"blocks.{l}.attn.hook_z"
+        _, corrupt = model.run_with_trace(male, names=[name])
+        for h in range(cfg.n_heads):
+            def swap(z, h=h, value=corrupt[name]):
+                z[:, :, h] = value[:, :, h]
+                return z
+
+            patched = model.forward(female, edits={name: swap})[:, -1] @ n
+            assert abs(effects[l, h] - (clean - patched).mean()) <= SAME * scale, (l, h)
+    assert np.abs(effects).max() > 0.01 * scale
+    # the direct-path patching is the first-order part of it: they differ where later layers react
+    assert np.abs(effects - ex.path_patch_heads(model, female, male, preset(model, "subj"))).max() > 1e-6 * scale
+
+
+def test_activation_patching_per_position(model):
+    female, male = R.female_male(model, "subj_friend")
+    female, male = female[:2], male[:2]
+    n = R.n_vector(model, " she", " he")
+    effects = ex.activation_patch_heads(model, female, male, preset(model, "subj"), per_position=True)
+    assert effects.shape == (model.config.n_layers, model.config.n_heads, female.shape[1])
+    clean = model.forward(female)[:, -1] @ n
+    for l, h, t in ((0, 1, 3), (2, 0, 3), (3, 2, 11), (1, 3, 0)):
+        name = f"blocks.{l}.attn.hook_z"
+        _, corrupt = model.run_with_trace(male, names=[name])
+
+        def swap(z, h=h, t=t, value=corrupt[name]):
+            z[:, t, h] = value[:, t, h]
+            return z
+
+        patched = model.forward(female, edits={name: swap})[:, -1] @ n
+        assert abs(effects[l, h, t] - (clean - patched).mean()) <= SAME * np.abs(clean).max(), (l, h, t)
+    # the prompts first differ at the name (token 3): a head's output before it is the same on both
+    assert np.abs(effects[:, :, :3]).max() <= SAME * np.abs(clean).max()
+    assert np.abs(effects[:, :, 3:]).max() > 0.01 * np.abs(clean).max()

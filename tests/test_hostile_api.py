@@ -237,7 +237,7 @@ def test_batch_too_big_for_memory_is_refused_up_front(tiny64, monkeypatch):
 
 
 def test_memory_error_inside_the_run_is_named(tiny64, monkeypatch):
-    def exhausted(ids, hooks):
+    def exhausted(ids, hooks, position=None):
         raise MemoryError
 
     monkeypatch.setattr(tiny64, "_run", exhausted)

@@ -3,6 +3,7 @@
     python -m verification [--model DIR_OR_HUB_ID] [--profile default|long] [--out report.json] [--no-torch]
     python -m verification conformance FILE.npz [--model ...]
     python -m verification mutants [--fast | --only ID,...] [--list] [--jobs N] [--timeout S]
+    python -m verification validate --peer transformer-lens|transformers|module:function [--model M] [--processed]
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "conformance":
         return conformance_main(argv[1:])
+    if argv and argv[0] == "validate":
+        from .peers.validate import main as validate_main
+
+        return validate_main(argv[1:])
     if argv and argv[0] == "mutants":
         from .mutants import main as mutants_main
 
@@ -37,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     try:
-        checks = report.run(args.model, args.profile, not args.no_torch, args.seed)
+        checks = report.run(args.model, args.profile, not args.no_torch, args.seed,
+                            progress=lambda section: print(f"[{time.perf_counter() - start:6.1f} s] {section}",
+                                                           file=sys.stderr, flush=True))
         print(report.format_table(checks))
         report.write_json(checks, args.out, model=args.model or "organism", profile=args.profile, seed=args.seed,
                           seconds=round(time.perf_counter() - start, 1))

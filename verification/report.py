@@ -359,24 +359,28 @@ def torch_checks(model, ids) -> list[Check]:
     return checks
 
 
-def run(model_source=None, profile: str = "default", include_torch: bool = True, seed: int = 0) -> list[Check]:
+def run(model_source=None, profile: str = "default", include_torch: bool = True, seed: int = 0,
+        progress=None) -> list[Check]:
+    """Every entry of the report, in order. ``progress(message)`` is called before each section."""
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    say = progress or (lambda message: None)
     settings = PROFILES[profile]
     model = refimpl.load(model_source, dtype="float64")
     ids = model.to_ids(PAPER_PROMPT) if has_gpt2_vocab(model) else np.arange(8) % model.config.d_vocab
-    checks = tolerance_policy_checks()
-    checks += theorem1_checks(settings, seed)
-    checks += theorem1_model_measurements(model, ids)
-    checks += theorem2_checks(settings, seed)
-    checks += derivative_checks(seed)
-    checks += block_checks(model, ids, seed)
-    checks += propagation_checks(model, ids)
-    checks += errata_checks(model, ids, seed)
-    checks += experiment_checks(model)
+    sections = [("tolerance policy", tolerance_policy_checks), ("theorem 1", lambda: theorem1_checks(settings, seed)),
+                ("theorem 1 on the model", lambda: theorem1_model_measurements(model, ids)),
+                ("theorem 2", lambda: theorem2_checks(settings, seed)), ("derivatives", lambda: derivative_checks(seed)),
+                ("blocks", lambda: block_checks(model, ids, seed)),
+                ("propagation", lambda: propagation_checks(model, ids)),
+                ("errata", lambda: errata_checks(model, ids, seed)), ("experiments", lambda: experiment_checks(model))]
     if include_torch:
-        checks += torch_checks(model, ids)
-    else:
+        sections.append(("torch backend", lambda: torch_checks(model, ids)))
+    checks: list[Check] = []
+    for name, section in sections:
+        say(name)
+        checks += section()
+    if not include_torch:
         checks.append(skipped("torch backend", "not run (--no-torch)", "torch"))
     return checks
 

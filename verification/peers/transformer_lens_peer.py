@@ -30,6 +30,27 @@ _STACKED = {"attn.W_Q": "W_Q", "attn.W_K": "W_K", "attn.W_V": "W_V", "attn.W_O":
             "mlp.W_out": "W_out", "mlp.b_out": "b_out"}
 
 
+@contextlib.contextmanager
+def float64_processing():
+    """Within this block TransformerLens' ``ProcessWeights.process_weights`` keeps float64 tensors in
+    float64: its "upcast to float32" (``v.dtype != torch.float32`` -> ``v.float()``) is also applied to
+    float64 weights, rounding them to float32 and back; a ``torch`` proxy whose ``float32`` is
+    ``float64`` makes that branch a no-op (same technique as ``torch_peer.exact_attention``)."""
+    import types
+
+    import torch
+    from transformer_lens import weight_processing
+
+    proxy = types.SimpleNamespace(**{name: getattr(torch, name) for name in dir(torch) if not name.startswith("__")})
+    proxy.float32 = torch.float64
+    original = weight_processing.torch
+    weight_processing.torch = proxy
+    try:
+        yield
+    finally:
+        weight_processing.torch = original
+
+
 def import_bridge():
     try:
         from transformer_lens.model_bridge import TransformerBridge
@@ -42,9 +63,11 @@ class TransformerLensPeer(Peer):
     name = "transformer-lens"
 
     def __init__(self, source: str, dtype: str = "float64", processed: bool = False,
-                 mutate: Callable | None = None, neutralise_cast: bool = True):
-        """``mutate(hf_model)``, if given, edits the wrapped Hugging Face model in place before any
-        processing (used by the meta-tests to plant known bugs)."""
+                 mutate: Callable | None = None, neutralise_cast: bool = True, exact_processing: bool = False):
+        """``mutate(bridge)``, if given, edits the booted bridge's Hugging Face modules in place before any
+        processing (used by the meta-tests to plant known bugs). ``exact_processing``: run the weight
+        processing inside ``float64_processing()`` (TransformerLens 4.3 otherwise rounds float64 weights
+        to float32 while processing them)."""
         import torch
 
         TransformerBridge = import_bridge()
@@ -58,17 +81,22 @@ class TransformerLensPeer(Peer):
         self.bridge.eval()
         if mutate is not None:
             with torch.no_grad():
-                mutate(self.bridge.original_model)
+                mutate(self.bridge)
+        self.exact_processing = bool(processed and exact_processing)
         if processed:
-            self.bridge.enable_compatibility_mode(disable_warnings=True)
+            with float64_processing() if self.exact_processing else contextlib.nullcontext():
+                self.bridge.enable_compatibility_mode(disable_warnings=True)
             self.processing = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases")
         cfg = self.bridge.cfg
         self.n_layers, self.n_heads = cfg.n_layers, cfg.n_heads
         self.notes = ("TransformerBridge.boot_transformers" + (" + enable_compatibility_mode()" if processed else "")
-                      + (", transformers' float32 q/k cast neutralised" if neutralise_cast else ""),)
+                      + (", transformers' float32 q/k cast neutralised" if neutralise_cast else "")
+                      + (", TransformerLens' float32 round trip in process_weights neutralised"
+                         if self.exact_processing else ""),)
 
     def snippet_constructor(self) -> str:
-        return f"TransformerLensPeer({self.source!r}, dtype={self.dtype!r}, processed={self.processed})"
+        extra = ", exact_processing=True" if self.exact_processing else ""
+        return f"TransformerLensPeer({self.source!r}, dtype={self.dtype!r}, processed={self.processed}{extra})"
 
     def _context(self):
         import torch
@@ -96,11 +124,14 @@ class TransformerLensPeer(Peer):
         out = {"embed.W_E": as_numpy(b.W_E), "pos_embed.W_pos": as_numpy(b.W_pos),
                "unembed.W_U": as_numpy(b.W_U), "ln_final.w": as_numpy(b.ln_final.weight),
                "ln_final.b": as_numpy(b.ln_final.bias)}
-        if b.b_U is not None:
-            out["unembed.b_U"] = as_numpy(b.b_U)
-        for ours, prop in _STACKED.items():
-            value = getattr(b, prop)
-            if value is not None:
+        for ours, prop in [("unembed.b_U", "b_U")] + list(_STACKED.items()):
+            try:
+                value = getattr(b, prop)
+            except AttributeError:  # a bias-free projection (GPT-Neo's q/k/v before folding)
+                value = None
+            if value is not None and ours == "unembed.b_U":
+                out[ours] = as_numpy(value)
+            elif value is not None:
                 for l in range(self.n_layers):
                     out[f"blocks.{l}.{ours}"] = as_numpy(value[l])
         for l, block in enumerate(b.blocks):
@@ -114,7 +145,7 @@ class TransformerLensPeer(Peer):
 
         b = self.bridge
         with torch.no_grad():
-            n_t = torch.as_tensor(n, dtype=b.W_U.dtype)
+            n_t = torch.tensor(np.array(n), dtype=b.W_U.dtype)
             u = b.W_U @ n_t                                                   # [d_model]
             F = torch.einsum("lhdk,lhke,e->lhd", b.W_V, b.W_O, u)             # [L, H, d_model]
         return as_numpy(F)
@@ -129,7 +160,7 @@ class TransformerLensPeer(Peer):
         last = f"blocks.{self.n_layers - 1}.hook_resid_post"
         z_names = [f"blocks.{l}.attn.hook_z" for l in range(self.n_layers)]
         with self._context():
-            n_t = torch.as_tensor(n, dtype=b.W_U.dtype)
+            n_t = torch.tensor(np.array(n), dtype=b.W_U.dtype)
             clean_logits, clean_cache = b.run_with_cache(clean, names_filter=lambda name: name in z_names)
             _, corrupt_cache = b.run_with_cache(corrupt, names_filter=lambda name: name in z_names)
             clean_score = clean_logits[:, -1] @ n_t

@@ -46,7 +46,7 @@ class TransformersPeer(Peer):
         import torch
 
         W_U = self.model.get_output_embeddings().weight.detach()  # [V, d]: logits = W_U x
-        u = W_U.T @ torch.as_tensor(n, dtype=W_U.dtype)  # W_U^T n  [d]
+        u = W_U.T @ torch.tensor(np.array(n), dtype=W_U.dtype)  # W_U^T n  [d]
         dh = self.d_head
         out = np.empty((self.n_layers, self.n_heads, u.shape[0]))
         for l in range(self.n_layers):
@@ -81,7 +81,7 @@ class TransformersPeer(Peer):
         from verification.torch_peer import exact_attention
 
         clean, corrupt = np.atleast_2d(clean), np.atleast_2d(corrupt)
-        n_t = torch.as_tensor(n, dtype=getattr(torch, self.dtype))
+        n_t = torch.tensor(np.array(n), dtype=getattr(torch, self.dtype))
         clean_logits, z_clean = self._head_inputs(clean)
         _, z_corrupt = self._head_inputs(corrupt)
         clean_score = clean_logits[:, -1] @ n_t

@@ -287,3 +287,17 @@ def test_block_adjoint_at_the_1_3b_width():
     from verification.report import block_adjoint_at_width
 
     assert block_adjoint_at_width(2048, 16, 8192, 4).passed
+
+
+def test_conformance_reports_errors_relative_to_each_heads_own_feature(organism, tmp_path):
+    """A 5% error on one small head reads as 5e-2, not as a fraction of the largest head's feature."""
+    observables = {"subj": {" she": 1, " he": -1}}
+    path = conformance.write_reference(tmp_path / "ok.npz", organism, observables, dtype="float64")
+    data = dict(np.load(path))
+    norms = {k: float(np.linalg.norm(v)) for k, v in data.items() if k.startswith("feature/")}
+    small = min(norms, key=norms.get)
+    data[small] = data[small] * 1.05
+    np.savez(tmp_path / "bad.npz", **data)
+    bad = [c for c in conformance.check_file(tmp_path / "bad.npz", organism) if not c.passed]
+    assert [c.name for c in bad] == [f"conformance {small}"]
+    assert abs(bad[0].measured - 0.05) <= 1e-9

@@ -38,6 +38,7 @@ from refimpl.safetensors_reader import open_regular, short, strict_json
 from .checks import Check
 from .tolerances import tolerance
 
+VANISHING = 1e-6  # a head whose feature norm is below this share of the largest head's is judged against that
 KEY = re.compile(r"^(feature|norm|cosine|coupling)/([^/]+)/(\d+)\.(\d+)$")
 META_KEYS = ("observables", "layernorm", "dtype")
 MAX_META_CHARS = 1 << 20
@@ -183,7 +184,7 @@ def check_file(path: str | Path, model, model_source: str | None = None) -> list
             features[name] = refimpl.head_features(oracle, refimpl.observable(oracle, spec))
         except RefimplError as exc:
             raise ConformanceError(f"{path}: observable {name!r} of __meta__: {exc}") from None
-    scale = {name: float(np.abs(f).max()) for name, f in features.items()}
+    largest = {name: float(np.linalg.norm(f, axis=-1).max()) for name, f in features.items()}
     source = model_source if model_source is not None else (model.source or str(model.path))
     checks = []
     for key in sorted(data):
@@ -210,7 +211,9 @@ def check_file(path: str | Path, model, model_source: str | None = None) -> list
         if quantity in ("feature", "norm"):
             y = features[names][l, h]
             expected = y if quantity == "feature" else np.linalg.norm(y)
-            reference_scale = scale[names]
+            # relative to this head's own feature norm (a 5% error on one head reads as 5e-2), floored
+            # for heads whose feature all but vanishes, where a relative error means nothing
+            reference_scale = max(float(np.linalg.norm(y)), VANISHING * largest[names])
             code = f"refimpl.head_features(m, refimpl.observable(m, {specs[names]!r}))[{l}, {h}]"
             if quantity == "norm":
                 code = f"np.linalg.norm({code})"
@@ -224,8 +227,8 @@ def check_file(path: str | Path, model, model_source: str | None = None) -> list
         if got.shape != np.shape(expected):
             checks.append(_failed(key, tol, f"shape {got.shape}, expected shape {np.shape(expected)}"))
             continue
-        error = float(np.max(np.abs(got - expected))) / reference_scale if reference_scale else \
-            float(np.max(np.abs(got - expected)))
+        difference = float(np.linalg.norm(np.ravel(got - expected)))  # |got - expected|, Euclidean for a feature
+        error = difference / reference_scale if reference_scale else difference
         if not math.isfinite(error):
             error = float("inf")
         snippet = ""

@@ -36,7 +36,7 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
         1e-10, "a multi-step float64 computation against a reference by other algorithms (lstsq vs Polynomial.fit, "
                "brentq vs bisection, analytic vs complex-step gradient): ~1e-14 measured, room for conditioning"),
     ("conformance", "float32"): Tolerance(
-        1e-4, "another float32 implementation: |got - oracle| / max |oracle feature|, summation order over d"),
+        1e-4, "another float32 implementation: |got - oracle| / |that head's oracle feature| (Euclidean), summation over d"),
     ("conformance", "float64"): Tolerance(
         1e-10, "another float64 implementation: rounding only, with room for different GEMM blocking"),
     ("path_autograd", "float64"): Tolerance(

@@ -146,7 +146,8 @@ def compute(model, say=None) -> dict:
     occ_f, occ_m = task["diff"]
     r["bias"] = {}
     for name in ("same", "diff"):
-        female, male = ex.observable_values(model, occ_f, obs[name]), ex.observable_values(model, occ_m, obs[name])
+        values = ex.observable_values(model, both["diff"], obs[name])  # the occupation prompts, one shared run
+        female, male = values[:len(occ_f)], values[len(occ_f):]
         r["bias"][name] = {"mean_female": float(female.mean()), "mean_male": float(male.mean()),
                            "paper_style_mean": float(np.concatenate([female, -male]).mean()),
                            "female_minus_male": float(female.mean() - male.mean())}

@@ -25,7 +25,7 @@ def _batch(ids) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ one clean run per prompt set
-CLEAN_RUNS = 3  # clean runs kept (the most recent prompt sets)
+CLEAN_RUNS = 4  # clean runs kept (the most recent prompt sets)
 _clean_runs: list[tuple[object, np.ndarray, np.ndarray, object]] = []
 
 

@@ -74,7 +74,7 @@ def main() -> None:
         norms = refimpl.feature_norms(F[name])
         show(f"6.5 feature norms, n_{name}, no LayerNorm (Figure 1)",
              [(h, float(norms[head(h)]), v) for h, v in PAPER[f"norms_{name}"].items()], ("head", "oracle", "paper"))
-        ln = ln_norms[name] = refimpl.ln_input_norms(model, ids)
+        ln = ln_norms[name] = refimpl.ln_input_norms(model, ids, trace=ex.clean_run(model, ids)[1])  # shared run
         with_ln = refimpl.feature_norms(refimpl.head_features(model, obs[name], "estimate", norms=ln))
         # the authors' convention: ln_2's gain on attention nodes, ln_f's gain applied on the input side
         u = obs[name].residual / ln["ln_final"]
@@ -132,7 +132,7 @@ def main() -> None:
         _, per_position = ex.direct_logit_attribution(model, np.concatenate([ids_f, ids_m]), obs[name])
         token = int(np.argmax(np.abs(per_position[17, 14])))
         key = "blocks.16.ln2.hook_normalized"
-        _, t = model.run_with_trace(np.stack([ids_m[0], ids_f[0]]), names=[key])
+        _, t = model.run_with_trace(np.stack([ids_m[0], ids_f[0]]), names=[key], logits_at=-1)
         return {16: (t[key][0, token], t[key][1, token])}
 
     cos = refimpl.cosine
@@ -161,7 +161,8 @@ def main() -> None:
     # Section 7
     rows = []
     for name in ("same", "diff"):
-        female, male = ex.observable_values(model, cf, obs[name]), ex.observable_values(model, cm, obs[name])
+        values = ex.observable_values(model, np.concatenate([cf, cm]), obs[name])  # one run for both
+        female, male = values[:len(cf)], values[len(cf):]
         rows.append((name, float(np.concatenate([female, -male]).mean()), PAPER["bias"][name]))
     show("7.2 mean logit difference (female with n, male with -n)", rows, ("observable", "oracle", "paper"))
     occ = np.concatenate([cf, cm])

@@ -17,7 +17,7 @@ import refimpl
 from refimpl import case_study
 from refimpl import experiments as ex
 from verification import experiment_references as R
-from verification.tolerances import tolerance
+from verification.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
 ROOT = tolerance("root_finding", "float64")
@@ -281,24 +281,7 @@ def test_table4_entry_by_entry_with_its_orientation(model, raw):
     keys = ("subj_friend", "subj_funny", "subj_hard")
     groups = [R.female_male(model, k) for k in keys]
     mae = ex.ln_final_approximation_error(model, groups, preset(model, "subj"))
-    w, b = raw["transformer.ln_f.weight"], raw["transformer.ln_f.bias"]
-    u = raw["transformer.wte.weight"].T @ R.n_vector(model, " she", " he")
-
-    def f(x):
-        return R.layer_norm(x, w, b) @ u
-
-    lasts = [(R.final_inputs(model, fm[0])[:, -1], R.final_inputs(model, fm[1])[:, -1]) for fm in groups]
-    expected = np.zeros((3, 3))
-    for i, (xf, xm) in enumerate(lasts):
-        x_neg, x_pos = xm.mean(0), xf.mean(0)
-        f_neg, f_pos = f(x_neg), f(x_pos)
-        target = 0.0 if f_neg * f_pos < 0 else 0.5 * (f_neg + f_pos)
-        t = R.bisect(lambda s: f((1 - s) * x_neg + s * x_pos) - target)
-        x0 = (1 - t) * x_neg + t * x_pos
-        grad = R.complex_step_gradient(f, x0)
-        for j, (yf, ym) in enumerate(lasts):
-            xs = np.concatenate([yf, ym])
-            expected[i, j] = np.abs(f(x0) + (xs - x0) @ grad - f(xs)).mean()
+    expected = R.table4(model, raw, groups, R.n_vector(model, " she", " he"))
     assert np.abs(mae - expected).max() <= PIPELINE * np.abs(expected).max()
     # the orientation is observable: the table is far from symmetric on this model
     assert np.abs(expected - expected.T).max() > 0.1 * np.abs(expected).max()
@@ -321,7 +304,7 @@ def test_mlp_segment_boundary_row_and_linearisation(model, raw):
     table = ex.mlp_segment(model, layer, y, x_neg, x_pos, points=11)
     f_neg, f_pos = f(x_neg), f(x_pos)
     target = 0.0 if f_neg * f_pos < 0 else 0.5 * (f_neg + f_pos)
-    t0 = R.bisect(lambda s: f((1 - s) * x_neg + s * x_pos) - target)
+    t0 = R.bisect_segment(lambda s: f((1 - s) * x_neg + s * x_pos) - target)
     x0 = (1 - t0) * x_neg + t0 * x_pos
     boundary = [r for r in table if r["is_boundary"]]
     assert len(boundary) == 1 and len(table) == 12
@@ -429,3 +412,16 @@ def test_activation_patching_per_position(model):
     # the prompts first differ at the name (token 3): a head's output before it is the same on both
     assert np.abs(effects[:, :, :3]).max() <= SAME * np.abs(clean).max()
     assert np.abs(effects[:, :, 3:]).max() > 0.01 * np.abs(clean).max()
+
+
+def test_clean_runs_are_shared_only_by_equal_prompts(model):
+    """The shared clean run is keyed by the ids themselves: equal prompts reuse it, other prompts of the
+    same shape get their own (and the model's own forward agrees with both)."""
+    female, male = R.female_male(model, "subj_friend")
+    first = ex.clean_run(model, female)
+    assert ex.clean_run(model, female.copy())[1] is first[1]
+    other = ex.clean_run(model, male)
+    assert other[1] is not first[1]
+    for ids, (logits, trace) in ((female, first), (male, other)):
+        assert relative_error(logits, model.forward(ids)[:, -1]) <= SAME
+        assert np.array_equal(trace.ids, ids)

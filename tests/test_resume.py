@@ -128,3 +128,10 @@ def test_trace_carries_its_ids(model):
     _, trace = model.run_with_trace(IDS[0], names=["blocks.0.hook_resid_pre"])
     assert trace.ids.shape == (1, 9) and np.array_equal(trace.ids[0], IDS[0]) and not trace.ids.flags.writeable
     assert model.run_from("blocks.1.hook_resid_pre", model.run_with_trace(IDS)[1]["blocks.1.hook_resid_pre"])[1].ids is None
+
+
+def test_several_edits_resume_from_the_earliest(model):
+    _, clean = model.run_with_trace(IDS)
+    edits = {"blocks.3.hook_resid_pre": EDITS["blocks.1.hook_resid_pre"], "blocks.1.mlp.hook_post": EDITS["blocks.1.mlp.hook_post"]}
+    assert model._earliest(edits) == (1, 1)
+    assert relative_error(model.forward(IDS, edits=edits, resume=clean), model.forward(IDS, edits=edits)) <= SAME

@@ -11,6 +11,7 @@ import numpy as np
 import refimpl
 from refimpl import jacobians
 
+from .experiment_references import raw_tensors  # the checkpoint read directly (HF keys, float64)
 from .checks import Check
 from .theorems import sample_constrained_sphere, theorem1_constant
 
@@ -197,19 +198,6 @@ def swapped_layer_norms(model, observable, ids, tolerance: float) -> Check:
                  detail=f"max relative error vs the correct convention {error:.2e}; vs the authors' {apart:.3f}; "
                         f"largest head {l}.{h}: |y| = {np.linalg.norm(correct[l, h]):.4f}, authors' "
                         f"{np.linalg.norm(authors[l, h]):.4f} ({change:.1%} apart)", group="errata")
-
-
-def raw_tensors(model) -> dict[str, np.ndarray]:
-    """The checkpoint's tensors under their Hugging Face names, read with safetensors from ``model.path``
-    (independent of refimpl.weights), as float64."""
-    from pathlib import Path
-
-    from safetensors.numpy import load_file
-
-    out = {}
-    for file in sorted(Path(model.path).glob("*.safetensors")):
-        out.update({k: v.astype(np.float64) for k, v in load_file(str(file)).items()})
-    return out
 
 
 def theorem1_constant_check(tolerance: float) -> Check:

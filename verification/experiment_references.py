@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.polynomial import Polynomial
 
+from .linearized import bisect_segment
+
 # Known GPT-2 token ids (the notes on GPT-Neo's tokenizer), the paper's names and templates (Section 6.3).
 TOKEN = {" she": 673, " he": 339, " her": 607, " him": 683, " actress": 14549, " actor": 8674,
          " nurse": 15849, " programmer": 24292}
@@ -64,22 +66,6 @@ def gelu(x):
 
 def complex_step_gradient(f, x0):
     return np.array([f(x0 + 1e-30j * e).imag / 1e-30 for e in np.eye(x0.size)])
-
-
-def bisect(g, lo=0.0, hi=1.0):
-    """Root of g on [lo, hi] (g(lo), g(hi) of opposite signs) by bisection to the last bit."""
-    g_lo = g(lo)
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
-            break
-        if (g(mid) > 0) == (g_lo > 0):
-            lo, g_lo = mid, g(mid)
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
 
 
 def raw_tensors(model) -> dict[str, np.ndarray]:
@@ -185,9 +171,7 @@ def table4(model, raw, groups, n) -> np.ndarray:
     out = np.zeros((len(groups), len(groups)))
     for i, (xf, xm) in enumerate(lasts):
         x_neg, x_pos = xm.mean(0), xf.mean(0)
-        f_neg, f_pos = f(x_neg), f(x_pos)
-        target = 0.0 if f_neg * f_pos < 0 else 0.5 * (f_neg + f_pos)
-        t = bisect(lambda s: f((1 - s) * x_neg + s * x_pos) - target)
+        t = bisect_segment(lambda s: f((1 - s) * x_neg + s * x_pos), fallback="mean")
         x0 = (1 - t) * x_neg + t * x_pos
         grad = complex_step_gradient(f, x0)
         for j, (yf, ym) in enumerate(lasts):

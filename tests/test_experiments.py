@@ -425,3 +425,13 @@ def test_clean_runs_are_shared_only_by_equal_prompts(model):
     for ids, (logits, trace) in ((female, first), (male, other)):
         assert relative_error(logits, model.forward(ids)[:, -1]) <= SAME
         assert np.array_equal(trace.ids, ids)
+
+
+@pytest.mark.parametrize("position", [-1, 5, -3])
+def test_observable_values_at_any_position(model, position):
+    female, male = R.female_male(model, "obj_love")
+    ids = np.concatenate([female, male])
+    n = R.n_vector(model, " her", " him")
+    expected = model.forward(ids)[:, position] @ n
+    got = ex.observable_values(model, ids, preset(model, "obj"), position)
+    assert np.abs(got - expected).max() <= SAME * np.abs(model.forward(ids)[:, position]).max()

@@ -175,9 +175,12 @@ def markdown(table: Table) -> str:
     """The claims as a Markdown table (paper, measured, criterion, verdict, why)."""
     lines = ["| claim (section) | paper (GPT-Neo-1.3B) | measured here | criterion | verdict | why |",
              "|---|---|---|---|---|---|"]
+    def cell(text: str) -> str:  # a "|" inside a cell (|x|, |C|) would end it
+        return str(text).replace("|", "\\|")
+
     for row in table:
-        lines.append(f"| {row['claim']} ({row['section']}) | {row['paper']} | {row['measured']} | {row['criterion']} "
-                     f"| **{row['verdict']}** | {row['why']} |")
+        lines.append(f"| {cell(row['claim'])} ({row['section']}) | {cell(row['paper'])} | {cell(row['measured'])} | "
+                     f"{cell(row['criterion'])} | **{row['verdict']}** | {cell(row['why'])} |")
     return "\n".join(lines)
 
 

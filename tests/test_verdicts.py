@@ -37,6 +37,8 @@ def test_every_claim_holds_on_the_hand_made_results():
     table = verdicts.claims(results())
     assert [row["verdict"] for row in table] == ["holds"] * len(verdicts.CLAIMS)
     assert "**holds**" in verdicts.markdown(table) and "HOLDS" in verdicts.console(table)
+    for line in verdicts.markdown(table).splitlines():  # every row has its 6 cells: "|" inside cells is escaped
+        assert len(line.replace("\\|", "").split("|")) == 8, line
 
 
 def test_each_criterion_can_fail():

@@ -21,11 +21,11 @@ def _modeling():
 
 
 @contextlib.contextmanager
-def exact_attention():
-    """Within this block, transformers' GPT-Neo attention keeps float64 queries and keys in float64."""
+def float32_means_float64(module):
+    """Within this block ``module`` sees a ``torch`` whose ``float32`` is ``float64``, so its casts to float32
+    keep float64 tensors in float64 (the module's own ``torch`` is restored afterwards)."""
     import torch
 
-    module = _modeling()
     proxy = types.SimpleNamespace(**{name: getattr(torch, name) for name in dir(torch) if not name.startswith("__")})
     proxy.float32 = torch.float64
     original = module.torch
@@ -34,6 +34,13 @@ def exact_attention():
         yield
     finally:
         module.torch = original
+
+
+@contextlib.contextmanager
+def exact_attention():
+    """Within this block, transformers' GPT-Neo attention keeps float64 queries and keys in float64."""
+    with float32_means_float64(_modeling()):
+        yield
 
 
 def hf_config(vocab=99, d_model=32, n_layers=2, n_heads=4, window=7, n_ctx=64, d_mlp=None,

@@ -36,19 +36,12 @@ def float64_processing():
     float64: its "upcast to float32" (``v.dtype != torch.float32`` -> ``v.float()``) is also applied to
     float64 weights, rounding them to float32 and back; a ``torch`` proxy whose ``float32`` is
     ``float64`` makes that branch a no-op (same technique as ``torch_peer.exact_attention``)."""
-    import types
-
-    import torch
     from transformer_lens import weight_processing
 
-    proxy = types.SimpleNamespace(**{name: getattr(torch, name) for name in dir(torch) if not name.startswith("__")})
-    proxy.float32 = torch.float64
-    original = weight_processing.torch
-    weight_processing.torch = proxy
-    try:
+    from ..torch_peer import float32_means_float64
+
+    with float32_means_float64(weight_processing):
         yield
-    finally:
-        weight_processing.torch = original
 
 
 def import_bridge():

@@ -26,7 +26,7 @@ def _batch(ids) -> np.ndarray:
 
 # ------------------------------------------------------------------ one clean run per prompt set
 CLEAN_RUNS = 4  # clean runs kept (the most recent prompt sets)
-_clean_runs: list[tuple[object, np.ndarray, np.ndarray, object]] = []
+_clean_runs: list[tuple[object, np.ndarray, object]] = []  # (model, last-position logits, trace)
 
 
 def clean_names(n_layers: int) -> list[str]:
@@ -43,13 +43,13 @@ def clean_run(model, ids):
     and shared by every experiment on the same prompts (the ``CLEAN_RUNS`` most recent prompt sets are
     kept; ``clear_clean_runs()`` drops them). Trace arrays are read-only, so sharing them is safe."""
     ids, _ = model.check_ids(_batch(ids))
-    for index, entry in enumerate(_clean_runs):
-        if entry[0] is model and entry[1].shape == ids.shape and np.array_equal(entry[1], ids):
+    for index, (owner, logits, trace) in enumerate(_clean_runs):
+        if owner is model and trace.ids.shape == ids.shape and np.array_equal(trace.ids, ids):
             _clean_runs.insert(0, _clean_runs.pop(index))  # most recently used first
-            return entry[2], entry[3]
+            return logits, trace
     logits, trace = model.run_with_trace(ids, names=clean_names(model.config.n_layers), logits_at=-1)
     logits.flags.writeable = False
-    _clean_runs.insert(0, (model, ids.copy(), logits, trace))
+    _clean_runs.insert(0, (model, logits, trace))
     del _clean_runs[CLEAN_RUNS:]
     return logits, trace
 

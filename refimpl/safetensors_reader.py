@@ -15,7 +15,6 @@ non-finite numbers become the caller's error type).
 from __future__ import annotations
 
 import json
-import math
 import os
 import stat
 from pathlib import Path

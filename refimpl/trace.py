@@ -89,8 +89,8 @@ class Trace(Mapping[str, np.ndarray]):
 
     def __init__(self, values: dict[str, np.ndarray], ids: np.ndarray | None = None):
         self._values = values
-        if ids is not None:
-            ids = ids.view()
+        if ids is not None:  # a copy: the caller may reuse its array
+            ids = np.array(ids)
             ids.flags.writeable = False
         self.ids = ids
 

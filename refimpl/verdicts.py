@@ -48,7 +48,8 @@ def norms_predict_patching(r: dict) -> dict:
                 "; ".join(parts), f"at least {k - 1} of the top {k} heads by norm are among the top {k} by |patching|, "
                 "for both observables", HOLDS if ok else FAILS,
                 "the norm ranking, computed without data, names the heads the data-dependent patching names"
-                if ok else "the rankings differ: norms ignore attention patterns (QK) and LayerNorm scales (Section 5.1.2)")
+                if ok else "the rankings differ; norms leave out what Section 5.1.2 names: attention patterns (QK) and "
+                "LayerNorm scales")
 
 
 def cosine_shared_mechanism(r: dict) -> dict:
@@ -85,7 +86,7 @@ def coupling_predicts_slope(r: dict) -> dict:
                 measured, f"|slope - C| <= {SLOPE_GAP:.0%} of |C| for every Table 1 head with cosine >= {SLOPE_COSINE}",
                 FAILS if bad else HOLDS,
                 f"{len(rows) - len(bad)} of {len(rows)} heads within {SLOPE_GAP:.0%}; off: {', '.join(bad)} "
-                "(its inputs' spread orthogonal to y1 does not average out)" if bad else
+                "(Theorem 2 gives the mean over a uniform sphere; the model's real inputs are not that)" if bad else
                 "the slope of y2-scores against y1-scores over every token equals y1.y2/|y1|^2 closely")
 
 

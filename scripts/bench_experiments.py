@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_forward import checkpoint, peak_rss_bytes  # noqa: E402
+from bench_forward import checkpoint  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -39,7 +39,6 @@ import refimpl
 from refimpl import experiments as ex
 task, folder = {task!r}, {folder!r}
 out = {{}}
-t0 = time.perf_counter()
 model = refimpl.load(folder, dtype={dtype!r})
 L, H = model.config.n_layers, model.config.n_heads
 rng = np.random.default_rng(0)
@@ -71,7 +70,6 @@ elif task == "patch":
     t = time.perf_counter(); ex.activation_patch_heads(model, clean, corrupt, obs)
     out["patch_s"] = time.perf_counter() - t
     out.update(one_forward_s=one, heads=L * H)
-out["load_s"] = out.get("load_s", 0.0)
 from bench_forward import peak_rss_bytes
 out["peak_rss"] = peak_rss_bytes()
 print(json.dumps(out))

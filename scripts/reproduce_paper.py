@@ -102,10 +102,10 @@ def main() -> None:
     heads = [head(h) for h in PAPER["table1"]]
     table1 = ex.coupling_vs_fit(model, subj_ids, heads, obs["subj"], obs["obj"])
     rows = []
-    for row, (h, paper) in zip(table1, PAPER["table1"].items()):
+    for row, (h, printed) in zip(table1, PAPER["table1"].items()):
         scaled = float(refimpl.coupling(F["subj"][head(h)] / ln_s, F["obj"][head(h)] / ln_o))
-        rows.append((h, row["coupling"], scaled, paper[0], row["cosine"], paper[1], row["best_fit_slope"], paper[2],
-                     row["r2"], paper[3]))
+        rows.append((h, row["coupling"], scaled, printed[0], row["cosine"], printed[1], row["best_fit_slope"], printed[2],
+                     row["r2"], printed[3]))
     show("Table 1 (coupling: raw features; authors' conv.: ln_f-scaled features, erratum 2)", rows,
          ("head", "coupling", "authors' conv.", "paper", "cosine", "paper", "slope", "paper", "r^2", "paper"))
 

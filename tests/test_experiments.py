@@ -99,18 +99,9 @@ def test_path_patching_every_head_equals_an_edited_forward(model, name):
     effects = ex.path_patch_heads(model, female, male, preset(model, name))
     n = R.n_vector(model, plus, minus)
     cfg = model.config
-    final = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
-    clean = model.forward(female)[:, -1] @ n
-    scale = np.abs(clean).max()  # the effect is a difference of two observables of this size
+    scale = np.abs(model.forward(female)[:, -1] @ n).max()  # the effect is a difference of two observables this size
     assert effects.shape == (cfg.n_layers, cfg.n_heads)
-    for l in range(cfg.n_layers):
-        result = f"blocks.{l}.attn.hook_result"
-        _, c = model.run_with_trace(female, names=[result])
-        _, k = model.run_with_trace(male, names=[result])
-        for h in range(cfg.n_heads):
-            diff = k[result][:, :, h] - c[result][:, :, h]
-            patched = model.forward(female, edits={final: lambda x, diff=diff: x + diff})[:, -1] @ n
-            assert abs(effects[l, h] - (clean - patched).mean()) <= SAME * scale, (l, h)
+    assert np.abs(effects - R.path_patching(model, female, male, n)).max() <= SAME * scale
     assert np.abs(effects).max() > 0.01 * scale  # some head matters: the comparison is not between zeros
 
 
@@ -143,19 +134,13 @@ def test_steering_equals_an_edit_of_the_previous_residual(model, raw, layer, pos
     ks = [-3.0, 0.5, 7.0]
     table = ex.steer(model, ids, {"subj": preset(model, "subj"), "obj": preset(model, "obj")},
                      f"blocks.{layer}.hook_resid_pre", position, v, ks)
-    hook = "hook_embed" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
     clean = model.forward(ids)[:, -1]
     for row, k in zip(table, ks):
-        def add(x, k=k):
-            x[:, position] += k * v
-            return x
-
-        steered = model.forward(ids, edits={hook: add})[:, -1]
         assert row["multiplier"] == k and row["position"] == position
         for obs, (plus, minus, _) in (("subj", R.PRESET["subj"]), ("obj", R.PRESET["obj"])):
             n = R.n_vector(model, plus, minus)
-            expected = ((steered - clean) @ n).mean()
-            scale = max(np.abs(clean @ n).max(), np.abs(steered @ n).max())
+            expected = R.steering_effect(model, ids, layer, position, v, k, n)
+            scale = np.abs(clean @ n).max() + abs(expected)  # both observables the effect is a difference of
             assert abs(row[f"{obs}_effect"] - expected) <= SAME * scale, (k, obs)
             assert abs(expected) > 1e-6 * scale  # a real effect, not a comparison of zeros
 
@@ -352,6 +337,10 @@ def test_demo_table1_equals_an_independent_computation(model, raw, demo):
         assert expected["points"] == ids.size == 240
         for key in ("coupling", "cosine", "best_fit_slope", "r2"):
             assert abs(row[key] - expected[key]) <= 10 * float32 * max(1.0, abs(expected[key])), (l, h, key)
+    for row in results["steering"]:  # the token each steering row names, read from the prompts themselves
+        prompts = np.concatenate(R.female_male(model, R.PRESET[row["observable"]][2]))
+        column = prompts[:, row["token"]]
+        assert row["token_text"] == ("[name]" if len(set(column)) > 1 else repr(model.tokenizer.decode([column[0]])))
     summary = (out / "summary.md").read_text()
     first = results["table1"][0]
     assert f"| {first['head']} | {first['coupling']:.4f} | {first['cosine']:.4f} | {first['best_fit_slope']:.4f} |" \

@@ -9,7 +9,6 @@ code under test is used to compute an expected value.
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pytest

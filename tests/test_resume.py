@@ -135,3 +135,12 @@ def test_several_edits_resume_from_the_earliest(model):
     edits = {"blocks.3.hook_resid_pre": EDITS["blocks.1.hook_resid_pre"], "blocks.1.mlp.hook_post": EDITS["blocks.1.mlp.hook_post"]}
     assert model._earliest(edits) == (1, 1)
     assert relative_error(model.forward(IDS, edits=edits, resume=clean), model.forward(IDS, edits=edits)) <= SAME
+
+
+def test_trace_ids_are_a_copy(model):
+    ids = IDS.copy()
+    _, trace = model.run_with_trace(ids, names=["blocks.1.hook_resid_pre"])
+    ids[0, 0] = (ids[0, 0] + 1) % 53  # the caller reuses its array
+    assert trace.ids[0, 0] != ids[0, 0]
+    with pytest.raises(InputError, match="other token ids"):
+        model.forward(ids, edits={"blocks.1.hook_resid_pre": lambda x: x}, resume=trace)

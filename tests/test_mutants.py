@@ -106,3 +106,42 @@ def test_catalogue_is_consistent_and_applies_to_this_checkout():
     problems = {k: v for k, v in problems.items() if v}
     assert not problems, ("the code moved under these mutants: update their anchors in "
                           f"verification/mutants_catalogue.py: {problems}")
+
+
+# ------------------------------------------------------------------ the mechanical (mutmut) driver
+def test_mechanical_module_names_and_function_keys(tmp_path):
+    from verification import mechanical as X
+
+    assert X.module_of("refimpl.model.x\u01c1Model\u01c1forward__mutmut_3") == "refimpl/model.py"
+    assert X.module_of("verification.peers.validate.x_main__mutmut_12") == "verification/peers/validate.py"
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    return 1\n\nclass C:\n    def g(self):\n        pass\n\nX = 1\n")
+    assert X.function_keys(source) == ["x_f", "x\u01c1C\u01c1g"]
+    targets = X.targets()
+    assert "refimpl/verdicts.py" in targets and "refimpl/model.py" in targets
+    assert all((X.ROOT / t).is_file() for t in targets)  # a moved module must be moved here too
+    first, again, other = X.sample_patterns(5, 0), X.sample_patterns(5, 0), X.sample_patterns(5, 1)
+    assert first == again and first != other and len(first) == 5
+    assert all(p.endswith("__mutmut_*") for p in first)
+
+
+def test_mechanical_triage_counts_and_flags(monkeypatch):
+    from verification import mechanical as X
+
+    diffs = {"refimpl.ops.x_a__mutmut_1": "-    return x\n+    return -x", "refimpl.ops.x_a__mutmut_2": "-a\n+b",
+             "refimpl.ops.x_a__mutmut_3": "-c\n+d", "refimpl.ops.x_a__mutmut_4": "-e\n+f"}
+    monkeypatch.setattr(X, "changed_lines", lambda name, root=X.ROOT: diffs.get(name, ""))
+    status = {"refimpl.ops.x_a__mutmut_1": "survived", "refimpl.ops.x_a__mutmut_2": "survived",
+              "refimpl.ops.x_a__mutmut_3": "no tests", "refimpl.ops.x_a__mutmut_4": "survived",
+              "refimpl.ops.x_a__mutmut_5": "killed", "refimpl.ops.x_a__mutmut_6": "timeout",
+              "refimpl.trace.x_b__mutmut_1": "killed"}
+    entries = {"refimpl.ops.x_a__mutmut_1": {"lines": diffs["refimpl.ops.x_a__mutmut_1"], "verdict": "equivalent"},
+               "refimpl.ops.x_a__mutmut_2": {"lines": "-old\n+code", "verdict": "equivalent"},  # stale
+               "refimpl.ops.x_a__mutmut_4": {"lines": "-e\n+f", "verdict": "open"}}
+    tallies, problems = X.triage(status, entries)
+    ops = tallies["refimpl/ops.py"]
+    assert (ops.generated, ops.killed, ops.equivalent, ops.open, ops.untriaged) == (6, 2, 1, 1, 2)
+    assert ops.score == 2 / 5  # equivalents leave the denominator; open and untriaged stay in it
+    assert len(problems) == 2 and any("stale" in p for p in problems) and any(p.startswith("no tests") for p in problems)
+    assert tallies["refimpl/trace.py"].score == 1.0
+    assert "| all | 7 | 3 | 1 | 1 | 2 |" in X.result_table(tallies)

@@ -3,6 +3,7 @@
     python -m verification [--model DIR_OR_HUB_ID] [--profile default|long] [--out report.json] [--no-torch]
     python -m verification conformance FILE.npz [--model ...]
     python -m verification mutants [--fast | --only ID,...] [--list] [--jobs N] [--timeout S]
+    python -m verification mechanical [--sample N] [--seed S] [--jobs N] [--triage-only] [--write-result]
     python -m verification validate --peer transformer-lens|transformers|module:function [--model M] [--processed]
 """
 
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from .peers.validate import main as validate_main
 
         return validate_main(argv[1:])
+    if argv and argv[0] == "mechanical":
+        from .mechanical import main as mechanical_main
+
+        return mechanical_main(argv[1:])
     if argv and argv[0] == "mutants":
         from .mutants import main as mutants_main
 

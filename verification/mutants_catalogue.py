@@ -25,11 +25,14 @@ T_EXP = "tests/test_experiments.py"
 T_CASE = "tests/test_case_study.py"
 T_VER = "tests/test_verification.py"
 T_LOAD = "tests/test_loading.py"
+T_BOUND = "tests/test_verdict_boundaries.py"
+T_RESUME_ALL = "tests/test_resume_every_activation.py"
 
 OPS, MODEL, TRACE, WEIGHTS = "refimpl/ops.py", "refimpl/model.py", "refimpl/trace.py", "refimpl/weights.py"
 JAC, PROP, SCAN = "refimpl/jacobians.py", "refimpl/propagation.py", "refimpl/scan.py"
 ANALYSIS, OBS, RECORDS = "refimpl/analysis.py", "refimpl/observables.py", "refimpl/records.py"
 CASE, EXP = "refimpl/case_study.py", "refimpl/experiments.py"
+VERDICTS = "refimpl/verdicts.py"
 
 CATALOGUE: list[Mutant] = [
     # ------------------------------------------------------------ ops: the forward operators
@@ -475,7 +478,7 @@ CATALOGUE: list[Mutant] = [
            "if not s[\"plus_effect\"] < 0 < s[\"minus_effect\"]]",
            "the steering verdict expects the opposite signs", ("tests/test_verdicts.py",)),
     Mutant("verdict-ln-diagonal", "refimpl/verdicts.py",
-           "own_best = all(int(np.argmin(mae[i])) == i for i in range(len(mae)))",
+           "own_best = all(mae[i, i] < np.delete(mae[i], i).min() for i in range(len(mae)))",
            "own_best = True",
            "the Table 4 verdict ignores whether each group is best on itself", ("tests/test_verdicts.py",)),
     Mutant("cli-token-id-syntax", "refimpl/cli.py",
@@ -529,6 +532,65 @@ CATALOGUE: list[Mutant] = [
            "if not math.isfinite(number) or number <= 0:",
            "if not math.isfinite(number) or number < 0:",
            "layer_norm_epsilon = 0 is accepted", ("tests/test_hostile_files.py",)),
+    # ------------------------------------------------------------ issue 21: mutants written independently of the
+    # tests (they all survived the suite of the day); each now dies on a boundary or every-activation test
+    Mutant("verdict-norms-all-k", VERDICTS,
+           "ok &= shared >= k - 1",
+           "ok &= shared >= k",
+           "norms verdict: all k heads shared required instead of k - 1", (T_BOUND,)),
+    Mutant("verdict-norms-signed-patching", VERDICTS,
+           "by_norm, by_patch = top_heads(r[\"norms\"][name], k), top_heads(np.abs(r[\"patch\"][name]), k)",
+           "by_norm, by_patch = top_heads(r[\"norms\"][name], k), top_heads(r[\"patch\"][name], k)",
+           "norms verdict ranks heads by signed patching effects instead of their magnitude", (T_BOUND,)),
+    Mutant("verdict-cosine-any", VERDICTS,
+           "all(c > 0.9 for c in cosines.values())",
+           "any(c > 0.9 for c in cosines.values())",
+           "cosine verdict: any shared head above 0.9 instead of every one", (T_BOUND,)),
+    Mutant("verdict-slope-gap-over-slope", VERDICTS,
+           "abs(row[\"best_fit_slope\"] - row[\"coupling\"]) / abs(row[\"coupling\"])",
+           "abs(row[\"best_fit_slope\"] - row[\"coupling\"]) / abs(row[\"best_fit_slope\"])",
+           "slope verdict: the relative gap divided by the slope instead of the coupling", (T_BOUND,)),
+    Mutant("verdict-slope-mean-gap", VERDICTS,
+           "bad = [h for h, g in gaps.items() if g > SLOPE_GAP]",
+           "bad = [h for h, g in gaps.items() if np.mean(list(gaps.values())) > SLOPE_GAP]",
+           "slope verdict: the mean gap where the criterion says every head", (T_BOUND,)),
+    Mutant("verdict-slope-signed-gap", VERDICTS,
+           "abs(row[\"best_fit_slope\"] - row[\"coupling\"]) / abs(row[\"coupling\"])",
+           "(row[\"best_fit_slope\"] - row[\"coupling\"]) / abs(row[\"coupling\"])",
+           "slope verdict: the gap without its absolute value (a slope far below C passes)", (T_BOUND,)),
+    Mutant("verdict-bias-positive-coupling", VERDICTS,
+           "negative = [m for m in rows if m[\"coupling\"] < 0]",
+           "negative = [m for m in rows if m[\"coupling\"] != 0]",
+           "bias verdict: a positively coupled head is allowed to count", (T_BOUND,)),
+    Mutant("verdict-nan-holds", VERDICTS,
+           "        if not np.isfinite(arr).all():\n",
+           "        if False:\n",
+           "verdicts read NaN measurements (every comparison False) as a decision", (T_BOUND,)),
+    Mutant("verdict-empty-holds", VERDICTS,
+           "        if arr.size == 0:\n",
+           "        if False:\n",
+           "verdicts hold vacuously on an empty set of rows", (T_BOUND,)),
+    Mutant("resume-attn-out-second-half", MODEL,
+           'rest.startswith(("hook_resid_mid", "ln2.", "mlp.", "hook_mlp_out",',
+           'rest.startswith(("hook_attn_out", "hook_resid_mid", "ln2.", "mlp.", "hook_mlp_out",',
+           "an edit of hook_attn_out resumes from the clean resid_mid: the edit is silently never applied",
+           (T_RESUME_ALL,)),
+    Mutant("resume-start-recorded-unedited", MODEL,
+           "values.update({n: resume[n] for n in before})",
+           "values.update({n: resume[n] for n in before | ({name} & record)})",
+           "a resumed run records its starting activation from the clean trace, unedited", (T_RESUME_ALL,)),
+    Mutant("resume-trace-lacking-used", MODEL,
+           "usable = name in resume and before <= set(resume) and resume.ids is not None",
+           "usable = name in resume and resume.ids is not None",
+           "a trace lacking the activations before the start (asked for) is used anyway", (T_RESUME_ALL,)),
+    Mutant("run-from-resid-post", MODEL,
+           'not name.endswith(("hook_resid_pre",\n',
+           'not name.endswith(("hook_resid_post", "hook_resid_pre",\n',
+           "run_from accepts hook_resid_post as a start (the MLP runs twice)", (T_RESUME_ALL,)),
+    Mutant("run-from-chunk-whole-batch", MODEL,
+           "lambda a, b, hooks: self._run_from(start, act[a:b], hooks, position))\n        return logits, Trace(values)",
+           "lambda a, b, hooks: self._run_from(start, act, hooks, position))\n        return logits, Trace(values)",
+           "each chunk of a chunked run_from is given the whole batch instead of its own rows", (T_RESUME_ALL,)),
     # ------------------------------------------------------------ end of the experiments section
 ]
 
@@ -541,5 +603,5 @@ FAST: tuple[str, ...] = (
     "beam-keeps-worst", "an-coupling-over-y2", "obs-repeat-overwrites", "case-subj-sign-flipped",
     "exp-table1-scores-from-ln2", "rec-head-table-ascending", "ver-identity-tolerance-loose",
     "exp-table1-scores-per-token", "exp-steer-prefix", "exp-mitigation-highest", "verdict-steering-sign",
-    "prop-mlp-uses-ln1", "prop-ln-norms-all-tokens",
+    "prop-mlp-uses-ln1", "prop-ln-norms-all-tokens", "verdict-slope-gap-over-slope", "resume-attn-out-second-half",
 )

@@ -1,0 +1,273 @@
+"""Every verdict criterion decided at, just below and just above its threshold, and on NaN, empty and tied
+inputs (not only at the default model's values, which sit far from the thresholds).
+
+Inputs are hand-made so that the quantity the criterion compares lands exactly on its threshold in binary
+floating point (e.g. a gap of 1/20 = 0.05 exactly). Each test names the mutant class it kills."""
+
+import math
+
+import numpy as np
+import pytest
+
+from refimpl import verdicts
+from refimpl.records import Table
+from tests.test_verdicts import results
+
+HOLDS, FAILS, UNTESTABLE = verdicts.HOLDS, verdicts.FAILS, verdicts.UNTESTABLE
+NAN = float("nan")
+
+
+def verdict(function, **change) -> str:
+    return function(results(**change))["verdict"]
+
+
+# ------------------------------------------------------------------ norms predict patching (k - 1 of top k)
+def ranking(order, n=(3, 3)):
+    """A [3, 3] array whose values rank the flat indices in ``order`` first (largest first)."""
+    values = np.zeros(n)
+    for rank, flat in enumerate(order):
+        values.flat[flat] = 10.0 - rank
+    return values
+
+
+@pytest.mark.parametrize("patch_order, expected", [
+    ([0, 1, 2], HOLDS),   # 3 of 3 shared: above the threshold
+    ([0, 1, 5], HOLDS),   # 2 of 3 = k - 1: at the threshold
+    ([0, 4, 5], FAILS),   # 1 of 3: below
+])
+def test_norms_shared_count_at_below_and_above_k_minus_1(patch_order, expected):
+    norms = ranking([0, 1, 2])
+    patch = ranking(patch_order)
+    r = dict(k=3, norms={"subj": norms, "obj": norms}, patch={"subj": patch, "obj": patch})
+    assert verdict(verdicts.norms_predict_patching, **r) == expected
+    # both observables must meet it: one observable below the threshold fails the claim
+    r["patch"] = {"subj": ranking([0, 1, 2]), "obj": patch}
+    assert verdict(verdicts.norms_predict_patching, **r) == expected
+
+
+def test_norms_rank_patching_by_magnitude_not_sign():
+    norms = ranking([0, 1, 2])
+    patch = ranking([3, 4, 5])
+    patch.flat[[0, 1]] = -50.0  # large negative effects are important heads
+    r = dict(k=3, norms={"subj": norms, "obj": norms}, patch={"subj": patch, "obj": patch})
+    assert verdict(verdicts.norms_predict_patching, **r) == HOLDS
+
+
+def test_norms_ties_break_in_layer_major_order():
+    norms = np.zeros((3, 3))
+    norms.flat[[0, 1, 2, 3]] = 1.0  # four heads tied for three places: 0, 1, 2 are taken
+    r = dict(k=3, norms={"subj": norms, "obj": norms})
+    r["patch"] = {"subj": ranking([0, 1, 8]), "obj": ranking([0, 1, 8])}  # shares 0, 1 = k - 1
+    assert verdict(verdicts.norms_predict_patching, **r) == HOLDS
+    r["patch"] = {"subj": ranking([0, 3, 8]), "obj": ranking([0, 3, 8])}  # head 3 lost the tie: 1 shared
+    assert verdict(verdicts.norms_predict_patching, **r) == FAILS
+
+
+@pytest.mark.parametrize("k", [0, 1, 9, 10, True, 2.0, -1])
+def test_norms_k_that_makes_the_criterion_vacuous_is_untestable(k):
+    norms = ranking([0, 1, 2])
+    row = verdicts.norms_predict_patching(results(k=k, norms={"subj": norms, "obj": norms},
+                                                  patch={"subj": norms, "obj": norms}))
+    assert row["verdict"] == UNTESTABLE and "2 <= k < 9" in row["why"]
+
+
+def test_norms_nan_and_empty_are_untestable():
+    norms = ranking([0, 1, 2])
+    bad = norms.copy()
+    bad.flat[7] = NAN
+    for change in ({"patch": {"subj": bad, "obj": norms}}, {"patch": {"subj": norms, "obj": norms},
+                                                          "norms": {"subj": norms, "obj": bad}}):
+        r = dict(k=3, norms={"subj": norms, "obj": norms}, patch={"subj": norms, "obj": norms})
+        r.update(change)
+        row = verdicts.norms_predict_patching(results(**r))
+        assert row["verdict"] == UNTESTABLE and "NaN" in row["why"]
+    empty = np.zeros((0, 0))
+    row = verdicts.norms_predict_patching(results(k=2, norms={"subj": empty, "obj": empty},
+                                                  patch={"subj": empty, "obj": empty}))
+    assert row["verdict"] == UNTESTABLE and "no norms" in row["why"]
+
+
+# ------------------------------------------------------------------ cosine: k - 1 shared, each cos > 0.9
+@pytest.mark.parametrize("cos, expected", [(0.9, FAILS), (math.nextafter(0.9, 1), HOLDS),
+                                           (math.nextafter(0.9, 0), FAILS), (0.95, HOLDS)])
+def test_cosine_threshold_is_strict(cos, expected):
+    cosines = np.array([[0.99, 0.1], [cos, 0.93]])  # shared top-2 heads: (0, 0) and (1, 0)
+    assert verdict(verdicts.cosine_shared_mechanism, cos_so=cosines) == expected
+
+
+def test_cosine_every_shared_head_must_pass_not_any():
+    cosines = np.array([[0.99, 0.1], [0.5, 0.93]])
+    assert verdict(verdicts.cosine_shared_mechanism, cos_so=cosines) == FAILS
+
+
+@pytest.mark.parametrize("obj_order, expected", [([0, 1, 2], HOLDS), ([0, 1, 5], HOLDS), ([0, 4, 5], FAILS)])
+def test_cosine_shared_count_at_below_and_above_k_minus_1(obj_order, expected):
+    r = dict(k=3, patch={"subj": ranking([0, 1, 2]), "obj": ranking(obj_order)}, cos_so=np.full((3, 3), 0.95))
+    assert verdict(verdicts.cosine_shared_mechanism, **r) == expected
+
+
+def test_cosine_a_low_cosine_outside_the_shared_heads_does_not_count():
+    cosines = np.array([[0.99, -1.0], [0.95, 0.93]])  # head (0, 1) is not among the top 2 of either task
+    assert verdict(verdicts.cosine_shared_mechanism, cos_so=cosines) == HOLDS
+
+
+def test_cosine_nan_and_bad_k_are_untestable():
+    cosines = np.array([[0.99, NAN], [0.95, 0.93]])
+    assert verdict(verdicts.cosine_shared_mechanism, cos_so=cosines) == UNTESTABLE
+    assert verdict(verdicts.cosine_shared_mechanism, k=1) == UNTESTABLE
+    assert verdict(verdicts.cosine_shared_mechanism, k=4) == UNTESTABLE  # 4 heads: top 4 of 4 is every head
+
+
+# ------------------------------------------------------------------ coupling predicts slope: gap <= 5% of |C|
+def table1(*rows):
+    return Table([{"head": f"0.{i}", "coupling": c, "cosine": cos, "best_fit_slope": s, "r2": 0.9, "points": 9}
+                  for i, (c, s, cos) in enumerate(rows)])
+
+
+@pytest.mark.parametrize("coupling, slope, expected", [
+    (20.0, 19.0, HOLDS),   # gap 1/20 = 0.05 exactly (by |C|; by the slope it would be 1/19 > 0.05)
+    (20.0, 21.0, HOLDS),   # gap 1/20 from above
+    (20.0, math.nextafter(19.0, 0), FAILS),  # just past the threshold
+    (20.0, 20.5, HOLDS),
+    (-20.0, -19.0, HOLDS),  # the gap is relative to |C|
+    (-20.0, -18.0, FAILS),
+    (1.0, 0.5, FAILS),     # slope below C: the error is an absolute value
+    (1.0, 2.0, FAILS),
+])
+def test_slope_gap_at_below_and_above_the_threshold(coupling, slope, expected):
+    assert verdict(verdicts.coupling_predicts_slope, table1=table1((coupling, slope, 0.99))) == expected
+
+
+def test_slope_every_head_not_the_mean():
+    # gaps 1% and 8%: the mean (4.5%) is within 5%, the criterion asks every head
+    assert verdict(verdicts.coupling_predicts_slope, table1=table1((1.0, 1.01, 0.99), (1.0, 1.08, 0.99))) == FAILS
+
+
+@pytest.mark.parametrize("cos, expected", [(0.9, FAILS), (math.nextafter(0.9, 0), UNTESTABLE), (0.95, FAILS)])
+def test_slope_cosine_filter_includes_its_threshold(cos, expected):
+    # one far-off head: judged (and failing) when its cosine is >= 0.9, left out (nothing to judge) below
+    assert verdict(verdicts.coupling_predicts_slope, table1=table1((1.0, 3.0, cos))) == expected
+
+
+def test_slope_nan_zero_and_empty_are_untestable():
+    for rows in [((1.0, NAN, 0.99),), ((NAN, 1.0, 0.99),), ((1.0, 1.0, NAN),), ((0.0, 0.0, 0.99),), ()]:
+        row = verdicts.coupling_predicts_slope(results(table1=table1(*rows)))
+        assert row["verdict"] == UNTESTABLE, rows
+
+
+# ------------------------------------------------------------------ steering: minus < 0 < plus, every row
+def steering(*effects):
+    return Table([{"head": f"0.{i}", "observable": "subj", "minus_effect": m, "plus_effect": p}
+                  for i, (m, p) in enumerate(effects)])
+
+
+@pytest.mark.parametrize("minus, plus, expected", [
+    (-1e-300, 1e-300, HOLDS), (0.0, 1.0, FAILS), (-1.0, 0.0, FAILS), (-0.0, 1.0, FAILS), (1.0, 2.0, FAILS),
+    (-2.0, -1.0, FAILS), (1.0, -1.0, FAILS),
+])
+def test_steering_signs_at_zero(minus, plus, expected):
+    assert verdict(verdicts.steering_moves_observable, steering=steering((minus, plus))) == expected
+
+
+def test_steering_every_row_and_nan_and_empty():
+    assert verdict(verdicts.steering_moves_observable, steering=steering((-1.0, 1.0), (0.5, 1.0))) == FAILS
+    assert verdict(verdicts.steering_moves_observable, steering=steering((-1.0, 1.0), (NAN, 1.0))) == UNTESTABLE
+    assert verdict(verdicts.steering_moves_observable, steering=steering()) == UNTESTABLE
+
+
+# ------------------------------------------------------------------ ln_final: own group best, errors <= 10%
+def mae(diagonal=0.1, off=0.2, largest=None):
+    m = np.full((3, 3), off)
+    np.fill_diagonal(m, diagonal)
+    if largest is not None:
+        m[0, 1] = largest
+    return m
+
+
+@pytest.mark.parametrize("largest, expected", [(0.5, HOLDS), (math.nextafter(0.5, 1), FAILS), (0.45, HOLDS)])
+def test_ln_share_at_below_and_above_ten_percent(largest, expected):
+    # scale 5.0: an error of 0.5 is 10% exactly
+    assert verdict(verdicts.layer_norm_linearisation, mae=mae(largest=largest), ln_logit_scale=5.0) == expected
+
+
+@pytest.mark.parametrize("diagonal, expected", [(0.19, HOLDS), (0.2, FAILS), (0.21, FAILS)])
+def test_ln_own_group_strictly_best(diagonal, expected):
+    assert verdict(verdicts.layer_norm_linearisation, mae=mae(diagonal=diagonal)) == expected
+
+
+def test_ln_every_row_own_best():
+    m = mae()
+    m[2, 2] = 0.3  # only the last group's approximation is better elsewhere
+    assert verdict(verdicts.layer_norm_linearisation, mae=m) == FAILS
+
+
+def test_ln_nan_empty_and_bad_scale_are_untestable():
+    m = mae()
+    m[1, 2] = NAN
+    assert verdict(verdicts.layer_norm_linearisation, mae=m) == UNTESTABLE
+    assert verdict(verdicts.layer_norm_linearisation, mae=np.zeros((0, 0))) == UNTESTABLE
+    assert verdict(verdicts.layer_norm_linearisation, mae=np.full((1, 1), 0.1)) == UNTESTABLE
+    assert verdict(verdicts.layer_norm_linearisation, ln_logit_scale=0.0) == UNTESTABLE
+    assert verdict(verdicts.layer_norm_linearisation, ln_logit_scale=NAN) == UNTESTABLE
+
+
+# ------------------------------------------------------------------ MLP: largest error <= 10% of the range
+def segment(errors, actual=(-1.0, -0.5, 0.0, 0.5, 1.0), target=0.0):
+    return Table([{"t": i / 4, "actual": a, "linear_at_boundary": a + e, "boundary_t": 0.5, "boundary_target": target}
+                  for i, (a, e) in enumerate(zip(actual, errors))])
+
+
+@pytest.mark.parametrize("error, expected", [(0.2, HOLDS), (math.nextafter(0.2, 1), FAILS), (-0.2, HOLDS),
+                                             (-0.25, FAILS), (0.1, HOLDS)])
+def test_mlp_error_at_below_and_above_ten_percent(error, expected):
+    # range 2.0: an error of 0.2 is 10% exactly; the error is an absolute value
+    assert verdict(verdicts.mlp_linearisation, segment=segment([0, 0, error, 0, 0])) == expected
+
+
+def test_mlp_largest_error_not_the_mean():
+    assert verdict(verdicts.mlp_linearisation, segment=segment([0, 0, 0.3, 0, 0])) == FAILS  # mean 0.06 <= 0.2
+
+
+def test_mlp_nan_empty_constant_and_no_root_are_untestable():
+    assert verdict(verdicts.mlp_linearisation, segment=segment([0, 0, NAN, 0, 0])) == UNTESTABLE
+    assert verdict(verdicts.mlp_linearisation, segment=Table([])) == UNTESTABLE
+    assert verdict(verdicts.mlp_linearisation, segment=segment([0] * 5, actual=[0.0] * 5)) == UNTESTABLE
+    assert verdict(verdicts.mlp_linearisation, segment=segment([0] * 5, target=0.5)) == UNTESTABLE
+
+
+# ------------------------------------------------------------------ bias: gap > 0; a negative-C head helps
+def mitigation(*rows):
+    return Table([{"head": f"1.{i}", "coupling": c, "relative_multiplier": -1.0, "n_diff_effect": d,
+                   "n_same_effect": s} for i, (c, d, s) in enumerate(rows)])
+
+
+@pytest.mark.parametrize("coupling, diff, same, expected", [
+    (-1e-300, -0.1, 0.1, HOLDS), (0.0, -0.1, 0.1, UNTESTABLE), (1e-300, -0.1, 0.1, UNTESTABLE),
+    (-0.5, 0.0, 0.1, FAILS), (-0.5, -0.1, 0.0, FAILS), (-0.5, -1e-300, 1e-300, HOLDS), (-0.5, 0.1, -0.1, FAILS),
+])
+def test_bias_coupling_and_effect_signs_at_zero(coupling, diff, same, expected):
+    assert verdict(verdicts.bias_mitigation, mitigation=mitigation((coupling, diff, same))) == expected
+
+
+def test_bias_some_negative_head_suffices_and_positive_heads_do_not_count():
+    rows = mitigation((-0.5, 0.1, 0.1), (-0.5, -0.1, 0.1))
+    assert verdict(verdicts.bias_mitigation, mitigation=rows) == HOLDS
+    rows = mitigation((-0.5, 0.1, 0.1), (0.5, -0.1, 0.1))  # the good head is positively coupled
+    assert verdict(verdicts.bias_mitigation, mitigation=rows) == FAILS
+
+
+@pytest.mark.parametrize("gap, expected", [(0.0, UNTESTABLE), (1e-300, HOLDS), (-1.0, UNTESTABLE)])
+def test_bias_gap_at_zero(gap, expected):
+    assert verdict(verdicts.bias_mitigation, bias={"diff": {"female_minus_male": gap}}) == expected
+
+
+def test_bias_nan_and_empty_are_untestable():
+    assert verdict(verdicts.bias_mitigation, bias={"diff": {"female_minus_male": NAN}}) == UNTESTABLE
+    assert verdict(verdicts.bias_mitigation, mitigation=mitigation((-0.5, NAN, 0.1))) == UNTESTABLE
+    assert verdict(verdicts.bias_mitigation, mitigation=mitigation()) == UNTESTABLE
+
+
+def test_an_untestable_row_keeps_its_claim_and_says_why():
+    row = verdicts.steering_moves_observable(results(steering=steering()))
+    assert row["claim"] == verdicts.STEERING.claim and row["paper"] == verdicts.STEERING.paper
+    assert row["why"] == "there are no steering effects to judge"

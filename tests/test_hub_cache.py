@@ -100,3 +100,67 @@ def test_cli_runs_on_a_hub_id(cache):
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "top 2 next tokens" in result.stdout and "logit lens" in result.stdout
+
+
+@pytest.fixture()
+def offline_in_process(cache, monkeypatch):
+    """The same offline cache for code running in THIS process (the subprocess tests above run the installed
+    source; these run whatever refimpl this process imported, e.g. a mutant)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_hub_in_process_revisions_and_files(offline_in_process):
+    import refimpl
+
+    m, m1 = refimpl.load("acme/tiny-neo", dtype="float64"), refimpl.load("acme/tiny-neo", dtype="float64", revision="v1")
+    assert MAIN in str(m.path) and V1 in str(m1.path)
+    np.testing.assert_array_equal(m.forward([1, 2, 3]), refimpl_local(offline_in_process, MAIN))
+    np.testing.assert_array_equal(m1.forward([1, 2, 3]), refimpl_local(offline_in_process, V1))
+
+
+@pytest.mark.parametrize("source, revision, message", [
+    ("acme/not-cached", None, "'acme/not-cached' (revision main) is not in the Hugging Face cache and "
+                              "HF_HUB_OFFLINE is set; download it once with network access, or pass a local directory"),
+    ("acme/tiny-neo", "v9", "'acme/tiny-neo' (revision v9) is not in the Hugging Face cache and HF_HUB_OFFLINE is set"),
+])
+def test_hub_in_process_errors(offline_in_process, source, revision, message):
+    import refimpl
+
+    with pytest.raises(refimpl.CheckpointError) as info:
+        refimpl.load(source, revision=revision)
+    assert str(info.value).startswith(message)
+
+
+def test_hub_fetches_only_config_safetensors_and_tokenizer_files(monkeypatch, tmp_path):
+    """What is asked of the hub (a spy in place of snapshot_download): never a pickle, always the safetensors."""
+    import fnmatch
+
+    import huggingface_hub
+
+    import refimpl
+
+    calls = []
+
+    def spy(repo_id, revision=None, allow_patterns=None, **kwargs):
+        calls.append((repo_id, revision, allow_patterns, kwargs))
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        exc = RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # its __init__ wants an HTTP response
+        Exception.__init__(exc, "no such repo")
+        raise exc
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", spy)
+    with pytest.raises(refimpl.CheckpointError, match="no hub repository 'acme/x' \\(or it is private\\)"):
+        refimpl.load("acme/x", revision="r1")
+    (repo_id, revision, patterns, kwargs), = calls
+    assert (repo_id, revision, kwargs) == ("acme/x", "r1", {})
+    wanted = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+              "vocab.json", "merges.txt"]
+    refused = ["pytorch_model.bin", "model.pt", "flax_model.msgpack", "tf_model.h5", "model.ckpt"]
+    assert all(any(fnmatch.fnmatch(f, p) for p in patterns) for f in wanted), patterns
+    assert not any(fnmatch.fnmatch(f, p) for f in refused for p in patterns), patterns

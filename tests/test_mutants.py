@@ -130,7 +130,6 @@ def test_mechanical_triage_counts_and_flags(monkeypatch):
 
     diffs = {"refimpl.ops.x_a__mutmut_1": "-    return x\n+    return -x", "refimpl.ops.x_a__mutmut_2": "-a\n+b",
              "refimpl.ops.x_a__mutmut_3": "-c\n+d", "refimpl.ops.x_a__mutmut_4": "-e\n+f"}
-    monkeypatch.setattr(X, "changed_lines", lambda name, root=X.ROOT: diffs.get(name, ""))
     status = {"refimpl.ops.x_a__mutmut_1": "survived", "refimpl.ops.x_a__mutmut_2": "survived",
               "refimpl.ops.x_a__mutmut_3": "no tests", "refimpl.ops.x_a__mutmut_4": "survived",
               "refimpl.ops.x_a__mutmut_5": "killed", "refimpl.ops.x_a__mutmut_6": "timeout",
@@ -138,10 +137,24 @@ def test_mechanical_triage_counts_and_flags(monkeypatch):
     entries = {"refimpl.ops.x_a__mutmut_1": {"lines": diffs["refimpl.ops.x_a__mutmut_1"], "verdict": "equivalent"},
                "refimpl.ops.x_a__mutmut_2": {"lines": "-old\n+code", "verdict": "equivalent"},  # stale
                "refimpl.ops.x_a__mutmut_4": {"lines": "-e\n+f", "verdict": "open"}}
-    tallies, problems = X.triage(status, entries)
+    tallies, problems = X.triage(status, entries, lambda name: diffs.get(name, ""))
     ops = tallies["refimpl/ops.py"]
     assert (ops.generated, ops.killed, ops.equivalent, ops.open, ops.untriaged) == (6, 2, 1, 1, 2)
     assert ops.score == 2 / 5  # equivalents leave the denominator; open and untriaged stay in it
     assert len(problems) == 2 and any("stale" in p for p in problems) and any(p.startswith("no tests") for p in problems)
     assert tallies["refimpl/trace.py"].score == 1.0
     assert "| all | 7 | 3 | 1 | 1 | 2 |" in X.result_table(tallies)
+
+
+def test_mechanical_fingerprint_is_the_mutated_lines(tmp_path):
+    from verification import mechanical as X
+
+    (tmp_path / "mutants" / "refimpl").mkdir(parents=True)
+    (tmp_path / "mutants" / "refimpl" / "ops.py").write_text(
+        "def x_f__mutmut_orig(a):\n    b = a + 1\n    return b\n\n"
+        "def x_f__mutmut_1(a):\n    b = a - 1\n    return b\n\n"
+        "class C:\n    def x\u01c1C\u01c1g__mutmut_orig(self):\n        return 2\n"
+        "    def x\u01c1C\u01c1g__mutmut_1(self):\n        return 3\n")
+    diffs = X.Diffs(tmp_path)
+    assert diffs("refimpl.ops.x_f__mutmut_1") == "- b = a + 1\n+ b = a - 1"
+    assert diffs("refimpl.ops.x\u01c1C\u01c1g__mutmut_1") == "- return 2\n+ return 3"

@@ -271,3 +271,112 @@ def test_an_untestable_row_keeps_its_claim_and_says_why():
     row = verdicts.steering_moves_observable(results(steering=steering()))
     assert row["claim"] == verdicts.STEERING.claim and row["paper"] == verdicts.STEERING.paper
     assert row["why"] == "there are no steering effects to judge"
+    assert (row["measured"], row["verdict"], row["criterion"]) == ("not judged", UNTESTABLE, verdicts.STEERING.criterion)
+    row = verdicts.coupling_predicts_slope(results(table1=table1((1.0, 3.0, 0.5))))
+    assert row["measured"] == "no Table 1 head has cos(subj, obj) >= 0.9"
+
+
+def test_markdown_and_console_render_every_cell():
+    table = Table([{"claim": "C |x|", "section": "6.5", "paper": "P", "measured": "M|1", "criterion": "K",
+                    "verdict": HOLDS, "why": "W"},
+                   {"claim": "Longer claim", "section": "7", "paper": "P2", "measured": "M2", "criterion": "K2",
+                    "verdict": FAILS, "why": "W2"}])
+    assert verdicts.markdown(table) == (
+        "| claim (section) | paper (GPT-Neo-1.3B) | measured here | criterion | verdict | why |\n"
+        "|---|---|---|---|---|---|\n"
+        "| C \\|x\\| (6.5) | P | M\\|1 | K | **holds** | W |\n"
+        "| Longer claim (7) | P2 | M2 | K2 | **does not hold** | W2 |")
+    assert verdicts.console(table) == ("  C |x|         HOLDS              W\n"
+                                       "  Longer claim  DOES NOT HOLD      W2")
+
+
+HOLDING_TEXTS = [  # (measured, why, criterion) of each claim on the hand-made results where every claim holds
+    ("n_subj: 2 of 2 shared (norm: 0.0, 1.0; |patching|: 0.0, 1.0); n_obj: 2 of 2 shared (norm: 0.0, 1.0; "
+     "|patching|: 0.0, 1.0)", "the norm ranking, computed without data, names the heads the data-dependent patching names",
+     "at least 1 of the top 2 heads by norm are among the top 2 by |patching|, for both observables"),
+    ("top 2 by |patching|: n_subj 0.0, 1.0, n_obj 0.0, 1.0; shared: 0.0 (cos 0.9900), 1.0 (cos 0.9500)",
+     "the heads that matter for both pronoun tasks read nearly the same direction",
+     "the two tasks' top 2 heads by |patching| share at least 1, each with cos(subj, obj) > 0.9"),
+    ("0.0: C 1.0000, slope 1.0100 (gap 1.0%, cos 0.9900, r^2 0.9900, 240 tokens)",
+     "the slope of y2-scores against y1-scores over every token equals y1.y2/|y1|^2 closely",
+     "|slope - C| <= 5% of |C| for every Table 1 head with cosine >= 0.9"),
+    ("-k v / +k v (k: the activation's mean norm / |v|): 0.0 n_subj: -1.0000 / +1.0000",
+     "adding the feature raises the observable and subtracting it lowers it, for every head and task",
+     "every -k v effect < 0 < every +k v effect"),
+    ("MAE rows (source group 1-3): 0.1000 0.2000 0.2000; 0.2000 0.1000 0.2000; 0.2000 0.2000 0.1000; largest = "
+     "4.0% of the mean |n . logits| (5.000)", "the linear approximation of ln_final is accurate and most accurate "
+     "where it was made", "each row's smallest error is its own group (diagonal, strictly smaller than the others), "
+     "and every error <= 10% of the mean |n . logits|"),
+    ("MLP1 for 1.0's feature: root at t = 0.500, largest error 0.0000 on a range of 2.0000 (0.0%)",
+     "the MLP is close to linear along the segment",
+     "largest error of the boundary linearisation <= 10% of y . MLP's range on the segment"),
+    ("bias n_diff female - male 2.0000; 1.1 (C -0.500, m -1): n_diff -0.1000, n_same +0.1000",
+     "1 of 1 negatively coupled heads lower n_diff while raising n_same",
+     "the bias is present and some head with negative coupling lowers n_diff and raises n_same"),
+]
+
+
+def test_each_row_says_what_was_measured_and_why():
+    for row, texts in zip(verdicts.claims(results()), HOLDING_TEXTS, strict=True):
+        assert (row["measured"], row["why"], row["criterion"]) == texts
+
+
+@pytest.mark.parametrize("function, change, measured, why", [
+    (verdicts.norms_predict_patching,
+     dict(k=3, norms={"subj": ranking([0, 1, 2]), "obj": ranking([0, 1, 2])},
+          patch={"subj": ranking([0, 4, 5]), "obj": ranking([0, 4, 5])}),
+     "n_subj: 1 of 3 shared (norm: 0.0, 0.1, 0.2; |patching|: 0.0, 1.1, 1.2); n_obj: 1 of 3 shared (norm: 0.0, 0.1, "
+     "0.2; |patching|: 0.0, 1.1, 1.2)", "the rankings differ; norms leave out what Section 5.1.2 names: attention "
+     "patterns (QK) and LayerNorm scales"),
+    (verdicts.cosine_shared_mechanism, dict(cos_so=np.array([[0.99, 0.1], [0.5, 0.93]])),
+     "top 2 by |patching|: n_subj 0.0, 1.0, n_obj 0.0, 1.0; shared: 0.0 (cos 0.9900), 1.0 (cos 0.5000)",
+     "the heads important for both tasks are not the high-cosine heads here"),
+    (verdicts.coupling_predicts_slope, dict(table1=table1((1.0, 1.01, 0.99), (1.0, 1.08, 0.99))),
+     "0.0: C 1.0000, slope 1.0100 (gap 1.0%, cos 0.9900, r^2 0.9000, 9 tokens); 0.1: C 1.0000, slope 1.0800 "
+     "(gap 8.0%, cos 0.9900, r^2 0.9000, 9 tokens)", "1 of 2 heads within 5%; off: 0.1 (Theorem 2 gives the mean "
+     "over a uniform sphere; the model's real inputs are not that)"),
+    (verdicts.steering_moves_observable, dict(steering=steering((-1.0, 1.0), (0.5, 1.0))),
+     "-k v / +k v (k: the activation's mean norm / |v|): 0.0 n_subj: -1.0000 / +1.0000; 0.1 n_subj: +0.5000 / "
+     "+1.0000", "wrong direction for 0.1 (subj)"),
+    (verdicts.layer_norm_linearisation, dict(mae=mae(diagonal=0.2)),
+     "MAE rows (source group 1-3): 0.2000 0.2000 0.2000; 0.2000 0.2000 0.2000; 0.2000 0.2000 0.2000; largest = "
+     "4.0% of the mean |n . logits| (5.000)", "a group's approximation is not best on its own group"),
+    (verdicts.layer_norm_linearisation, dict(mae=mae(largest=0.6)),
+     "MAE rows (source group 1-3): 0.1000 0.6000 0.2000; 0.2000 0.1000 0.2000; 0.2000 0.2000 0.1000; largest = "
+     "12.0% of the mean |n . logits| (5.000)", "the errors are a large share of the observable"),
+    (verdicts.mlp_linearisation, dict(segment=segment([0, 0, 0.3, 0, 0])),
+     "MLP1 for 1.0's feature: root at t = 0.500, largest error 0.3000 on a range of 2.0000 (15.0%)",
+     "the MLP bends too much along the segment for one gradient to describe it"),
+    (verdicts.mlp_linearisation, dict(segment=segment([0] * 5, target=0.5)),
+     "y . MLP1 does not change sign between the two prompts (ends -1.0000, 1.0000)",
+     "there is no decision boundary on this segment (the authors' fallback targets the mean)"),
+    (verdicts.bias_mitigation, dict(mitigation=mitigation((-0.5, 0.1, 0.1))),
+     "bias n_diff female - male 2.0000; 1.0 (C -0.500, m -1): n_diff +0.1000, n_same +0.1000",
+     "no negatively coupled head gives both desired effects"),
+    (verdicts.bias_mitigation, dict(bias={"diff": {"female_minus_male": 0.0}}),
+     "bias n_diff female - male 0.0000; 1.1 (C -0.500, m -1): n_diff -0.1000, n_same +0.1000",
+     "the model shows no nurse/programmer bias to reduce"),
+    (verdicts.bias_mitigation, dict(mitigation=mitigation((0.5, -0.1, 0.1))),
+     "bias n_diff female - male 2.0000; 1.0 (C +0.500, m -1): n_diff -0.1000, n_same +0.1000",
+     "no chosen head has a negative coupling diff -> same"),
+])
+def test_rows_that_do_not_hold_say_what_was_measured_and_why(function, change, measured, why):
+    row = function(results(**change))
+    assert (row["measured"], row["why"]) == (measured, why)
+
+
+@pytest.mark.parametrize("function, change, why", [
+    (verdicts.norms_predict_patching, dict(k=1), "k = 1: the top-k criterion needs an integer 2 <= k < 4 (the number "
+                                                 "of heads)"),
+    (verdicts.cosine_shared_mechanism, dict(cos_so=np.full((2, 2), NAN)), "the cosines hold NaN or inf"),
+    (verdicts.coupling_predicts_slope, dict(table1=table1((0.0, 0.0, 0.99))),
+     "a coupling of 0 leaves the relative gap undefined"),
+    (verdicts.layer_norm_linearisation, dict(mae=np.full((1, 1), 0.1)),
+     "needs a square table of errors for at least 2 groups and a positive logit scale, got shape (1, 1) and scale 5.0"),
+    (verdicts.mlp_linearisation, dict(segment=segment([0] * 5, actual=[0.0] * 5)),
+     "y . MLP is constant on the segment: there is no range to compare the error with"),
+    (verdicts.bias_mitigation, dict(mitigation=mitigation((NAN, 0.1, 0.1))), "the bias measurements hold NaN or inf"),
+])
+def test_untestable_rows_say_why(function, change, why):
+    row = function(results(**change))
+    assert (row["verdict"], row["why"], row["measured"]) == (UNTESTABLE, why, "not judged")

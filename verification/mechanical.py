@@ -96,11 +96,40 @@ def results(root: Path = ROOT) -> dict[str, str]:
     return status
 
 
-def changed_lines(mutant: str, root: Path = ROOT) -> str:
-    """The lines the mutant removes and adds (its diff without headers): the triage's fingerprint."""
-    diff = _mutmut("show", mutant, root=root).stdout
-    return "\n".join(line.rstrip() for line in diff.splitlines()
-                     if line[:1] in "+-" and not line.startswith(("+++", "---")))
+def _bodies(path: Path) -> dict[str, list[str]]:
+    """Every mutant (and original) function of a mutmut-written module: name -> its stripped source lines, the
+    def line naming the original function (a mutated default argument shows there)."""
+    text = path.read_text()
+    lines = text.splitlines()
+    out = {}
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and "__mutmut_" in node.name:
+            base = node.name.rsplit("__mutmut_", 1)[0]
+            body = [line.strip() for line in lines[node.lineno - 1:node.end_lineno]]
+            out[node.name] = [body[0].replace(node.name, base, 1)] + body[1:]  # the def line names the base
+    return out
+
+
+class Diffs:
+    """The lines each mutant removes and adds, read from the mutmut-written copies under ``mutants/`` (the
+    same lines ``mutmut show`` prints): the triage's fingerprint of a mutant."""
+
+    def __init__(self, root: Path = ROOT):
+        self.root = root
+        self._files: dict[str, dict[str, list[str]]] = {}
+
+    def __call__(self, mutant: str) -> str:
+        import difflib
+
+        module = module_of(mutant)
+        if module not in self._files:
+            path = self.root / "mutants" / module
+            self._files[module] = _bodies(path) if path.is_file() else {}
+        bodies = self._files[module]
+        key = mutant.rsplit(".", 1)[1]
+        original = bodies.get(key.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", [])
+        changed = difflib.ndiff(original, bodies.get(key, []))
+        return "\n".join(line[:1] + " " + line[2:] for line in changed if line[:1] in "+-")
 
 
 @dataclass
@@ -118,9 +147,11 @@ class Tally:
         return self.killed / judged if judged else 1.0
 
 
-def triage(status: dict[str, str], entries: dict[str, dict], root: Path = ROOT
+def triage(status: dict[str, str], entries: dict[str, dict], changed_lines=None
            ) -> tuple[dict[str, Tally], list[str]]:
-    """Per-module tallies and the problems (untriaged survivors, stale entries)."""
+    """Per-module tallies and the problems (untriaged survivors, stale entries); ``changed_lines(name)`` gives a
+    mutant's fingerprint (default: ``Diffs()``)."""
+    changed_lines = changed_lines or Diffs()
     tallies: dict[str, Tally] = defaultdict(Tally)
     problems = []
     for name, state in sorted(status.items()):
@@ -132,7 +163,7 @@ def triage(status: dict[str, str], entries: dict[str, dict], root: Path = ROOT
             tally.not_run += 1
         else:  # survived, no tests, suspicious
             entry = entries.get(name)
-            lines = changed_lines(name, root)
+            lines = changed_lines(name)
             if entry is None:
                 tally.untriaged += 1
                 problems.append(f"{state}: {name}\n{lines}")

@@ -183,3 +183,48 @@ def test_float32_model_computes_in_float32(tiny_dir):
     logits, trace = model32.run_with_trace([1, 2, 3])
     assert logits.dtype == np.float32
     assert all(v.dtype == np.float32 for k, v in trace.items()), [k for k, v in trace.items() if v.dtype != np.float32]
+
+
+@pytest.mark.parametrize("n_bytes, text", [(1e8, "0.10 GB"), (1e8 - 1, "100.0 MB"), (2.5e9, "2.50 GB"),
+                                           (1.5e6, "1.5 MB")])
+def test_memory_sizes_in_messages(n_bytes, text):
+    from refimpl.model import _size
+
+    assert _size(n_bytes) == text
+
+
+def test_model_repr_names_the_shape(tiny64):
+    assert repr(tiny64) == (f"Model({tiny64.source!r}, 2 layers, d_model=16, 2 heads, dtype=float64)")
+
+
+def test_no_sign_change_names_the_fallback_argument():
+    from refimpl.propagation import NoSignChange
+
+    error = NoSignChange("y . MLP1", 1.0, 2.0)
+    assert str(error).endswith("pick a negative and a positive example, or pass fallback='mean' to target the mean value")
+    assert "pass mlp_fallback='mean'" in str(error.for_option("mlp_fallback"))
+
+
+def test_masking_a_whole_query_row_is_refused_but_a_key_column_is_not(tiny64):
+    ids = np.arange(6)[None]
+    name = "blocks.0.attn.hook_attn_scores"
+
+    def mask_row(x):
+        x[0, 0, 3, :] = -np.inf
+        return x
+
+    def mask_last_key(x):  # every query loses the last key: the last query still sees the others
+        x[..., -1] = -np.inf
+        return x
+
+    with pytest.raises(InputError) as info:
+        tiny64.forward(ids, edits={name: mask_row})
+    assert str(info.value) == (f"edit of {name} masks every key of some query (a row of -inf scores): its attention "
+                               "would be NaN")
+    assert np.isfinite(tiny64.forward(ids, edits={name: mask_last_key})).all()
+
+
+def test_names_as_one_string_is_refused_with_the_reason(tiny64):
+    with pytest.raises(InputError) as info:
+        tiny64.run_with_trace([1, 2], names="blocks.0.hook_resid_pre")
+    assert str(info.value) == "names must be a list of activation names, not a single string"

@@ -142,8 +142,8 @@ def test_mechanical_triage_counts_and_flags(monkeypatch):
     assert (ops.generated, ops.killed, ops.equivalent, ops.open, ops.untriaged) == (6, 2, 1, 1, 2)
     assert ops.score == 2 / 5  # equivalents leave the denominator; open and untriaged stay in it
     assert len(problems) == 2 and any("stale" in p for p in problems) and any(p.startswith("no tests") for p in problems)
-    assert tallies["refimpl/trace.py"].score == 1.0
-    assert "| all | 7 | 3 | 1 | 1 | 2 |" in X.result_table(tallies)
+    assert tallies["refimpl/trace.py"].score == 1.0 and X.Tally(generated=3, not_run=3).score_text() == "-"
+    assert "| all | 7 | 0 | 3 | 1 | 1 | 2 |" in X.result_table(tallies)
 
 
 def test_mechanical_fingerprint_is_the_mutated_lines(tmp_path):

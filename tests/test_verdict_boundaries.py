@@ -380,3 +380,76 @@ def test_rows_that_do_not_hold_say_what_was_measured_and_why(function, change, m
 def test_untestable_rows_say_why(function, change, why):
     row = function(results(**change))
     assert (row["verdict"], row["why"], row["measured"]) == (UNTESTABLE, why, "not judged")
+
+
+@pytest.mark.parametrize("function, change, why", [
+    (verdicts.cosine_shared_mechanism, dict(patch={"subj": np.full((2, 2), NAN), "obj": np.ones((2, 2))}),
+     "the patching effects of n_subj hold NaN or inf"),
+    (verdicts.cosine_shared_mechanism, dict(patch={"subj": np.ones((2, 2)), "obj": np.full((2, 2), NAN)}),
+     "the patching effects of n_obj hold NaN or inf"),
+    (verdicts.norms_predict_patching, dict(norms={"subj": np.ones((2, 2)), "obj": np.full((2, 2), NAN)}),
+     "the norms of n_obj hold NaN or inf"),
+    (verdicts.layer_norm_linearisation, dict(mae=np.full((3, 3), NAN)), "the Table 4 errors hold NaN or inf"),
+    (verdicts.layer_norm_linearisation, dict(ln_logit_scale=float("inf")), "the logit scales hold NaN or inf"),
+    (verdicts.layer_norm_linearisation, dict(mae=np.full(3, 0.1)), "needs a square table of errors for at least 2 "
+     "groups and a positive logit scale, got shape (3,) and scale 5.0"),
+    (verdicts.layer_norm_linearisation, dict(mae=np.full((2, 3), 0.1)), "needs a square table of errors for at "
+     "least 2 groups and a positive logit scale, got shape (2, 3) and scale 5.0"),
+    (verdicts.mlp_linearisation, dict(segment=segment([0, NAN, 0, 0, 0])), "the segment values hold NaN or inf"),
+    (verdicts.steering_moves_observable, dict(steering=steering((NAN, 1.0))), "the steering effects hold NaN or inf"),
+    (verdicts.coupling_predicts_slope, dict(table1=table1((1.0, NAN, 0.99))), "the Table 1 rows hold NaN or inf"),
+])
+def test_each_unjudgeable_measurement_is_named(function, change, why):
+    row = function(results(**change))
+    assert (row["verdict"], row["why"]) == (UNTESTABLE, why)
+
+
+def test_two_groups_are_enough_for_table_4():
+    m = np.array([[0.1, 0.2], [0.2, 0.1]])
+    assert verdict(verdicts.layer_norm_linearisation, mae=m) == HOLDS
+    assert verdict(verdicts.layer_norm_linearisation, mae=m.tolist()) == HOLDS  # a nested list is a table too
+
+
+def test_mlp_range_below_one_is_a_range():
+    small = segment([0, 0, 0.05, 0, 0], actual=(-0.25, -0.125, 0.0, 0.125, 0.25))  # range 0.5, error 10%
+    assert verdict(verdicts.mlp_linearisation, segment=small) == HOLDS
+
+
+def test_no_root_row_states_its_own_criterion():
+    row = verdicts.mlp_linearisation(results(segment=segment([0] * 5, target=0.5)))
+    assert row["criterion"] == "needs a sign change between x- and x+"
+
+
+def test_lists_of_several_rows_are_joined():
+    row = verdicts.steering_moves_observable(results(steering=steering((1.0, 2.0), (0.5, 1.0))))
+    assert row["why"] == "wrong direction for 0.0 (subj), 0.1 (subj)"
+    row = verdicts.bias_mitigation(results(mitigation=mitigation((-0.5, -0.1, 0.1), (0.5, 0.2, 0.3))))
+    assert row["measured"] == ("bias n_diff female - male 2.0000; 1.0 (C -0.500, m -1): n_diff -0.1000, n_same "
+                               "+0.1000; 1.1 (C +0.500, m -1): n_diff +0.2000, n_same +0.3000")
+
+
+def test_top_heads_ties_stay_in_layer_major_order_at_any_size():
+    values = np.array([[2.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0], [0.0, 2.0, 1.0, 2.0], [1.0, 1.0, 2.0, 2.0]])
+    assert verdicts.top_heads(values, 6) == [(0, 0), (2, 1), (2, 3), (3, 2), (3, 3), (0, 1)]
+
+
+def test_norms_every_observable_must_meet_the_threshold():
+    good, bad = ranking([0, 1, 2]), ranking([0, 4, 5])
+    r = dict(k=3, norms={"subj": good, "obj": good}, patch={"subj": bad, "obj": good})  # the failing one first
+    assert verdict(verdicts.norms_predict_patching, **r) == FAILS
+
+
+def test_more_texts_of_the_rows():
+    disjoint = {"subj": np.array([[2.0, 0.0], [1.5, 1.0]]), "obj": np.array([[0.0, 2.0], [0.0, 1.0]])}
+    assert verdicts.cosine_shared_mechanism(results(patch=disjoint))["measured"].endswith("; shared: none")
+    row = verdicts.coupling_predicts_slope(results(table1=table1((1.0, 3.0, 0.5))))
+    assert row["why"] == "the claim is about high-cosine heads"
+    row = verdicts.coupling_predicts_slope(results(table1=table1((1.0, 3.0, 0.99), (1.0, 2.0, 0.99))))
+    assert row["why"].startswith("0 of 2 heads within 5%; off: 0.0, 0.1 (")
+    row = verdicts.norms_predict_patching(results(patch={"subj": np.full((2, 2), NAN), "obj": np.ones((2, 2))}))
+    assert row["why"] == "the patching effects of n_subj hold NaN or inf"
+
+
+def test_a_missing_measurement_is_nan_not_a_crash():
+    row = verdicts.steering_moves_observable(results(steering=steering((None, 1.0))))
+    assert (row["verdict"], row["why"]) == (UNTESTABLE, "the steering effects hold NaN or inf")

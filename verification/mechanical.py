@@ -1,7 +1,8 @@
 """Mechanical mutation testing with mutmut: mutants nobody chose, every survivor triaged.
 
     python -m verification mechanical                 # every mutant of the modules in [tool.mutmut] only_mutate
-    python -m verification mechanical --sample 10     # the mutants of 10 functions drawn with --seed (CI)
+    python -m verification mechanical --sample 10     # the mutants of 10 functions drawn with --seed
+    python -m verification mechanical --sample 4 --modules refimpl/ops.py,refimpl/verdicts.py   # (CI)
     python -m verification mechanical --triage-only   # re-read the last run's results (mutants/ in the repo)
     python -m verification mechanical --write-result  # also rewrite verification/mutation_result.md
 
@@ -67,9 +68,11 @@ def function_keys(path: Path) -> list[str]:
     return keys
 
 
-def sample_patterns(n: int, seed: int, root: Path = ROOT) -> list[str]:
-    """mutmut name patterns for the mutants of ``n`` functions of the target modules, drawn with ``seed``."""
-    every = sorted(f"{module_name(p)}.{key}__mutmut_*" for p in targets(root) for key in function_keys(root / p))
+def sample_patterns(n: int, seed: int, root: Path = ROOT, modules: list[str] | None = None) -> list[str]:
+    """mutmut name patterns for the mutants of ``n`` functions of the target modules (or of ``modules``, a subset
+    of them), drawn with ``seed``."""
+    every = sorted(f"{module_name(p)}.{key}__mutmut_*" for p in (modules or targets(root))
+                   for key in function_keys(root / p))
     return sorted(random.Random(seed).sample(every, min(n, len(every))))
 
 
@@ -142,9 +145,13 @@ class Tally:
     not_run: int = 0
 
     @property
-    def score(self) -> float:
+    def score(self) -> float | None:
+        """killed / (mutants run - equivalent); None when none was run."""
         judged = self.generated - self.equivalent - self.not_run
-        return self.killed / judged if judged else 1.0
+        return self.killed / judged if judged else None
+
+    def score_text(self) -> str:
+        return "-" if self.score is None else f"{self.score:.1%}"
 
 
 def triage(status: dict[str, str], entries: dict[str, dict], changed_lines=None
@@ -178,16 +185,16 @@ def triage(status: dict[str, str], entries: dict[str, dict], changed_lines=None
 
 
 def result_table(tallies: dict[str, Tally]) -> str:
-    lines = ["| module | mutants | killed | equivalent | open (named) | untriaged | score |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| module | mutants | not run yet | killed | equivalent | open (named) | untriaged | score of those run |",
+             "|---|---|---|---|---|---|---|---|"]
     total = Tally()
     for module, t in sorted(tallies.items()):
-        lines.append(f"| `{module}` | {t.generated} | {t.killed} | {t.equivalent} | {t.open} | {t.untriaged} | "
-                     f"{t.score:.1%} |")
+        lines.append(f"| `{module}` | {t.generated} | {t.not_run} | {t.killed} | {t.equivalent} | {t.open} | "
+                     f"{t.untriaged} | {t.score_text()} |")
         for field in ("generated", "killed", "equivalent", "open", "untriaged", "not_run"):
             setattr(total, field, getattr(total, field) + getattr(t, field))
-    lines.append(f"| all | {total.generated} | {total.killed} | {total.equivalent} | {total.open} | "
-                 f"{total.untriaged} | {total.score:.1%} |")
+    lines.append(f"| all | {total.generated} | {total.not_run} | {total.killed} | {total.equivalent} | {total.open} | "
+                 f"{total.untriaged} | {total.score_text()} |")
     return "\n".join(lines)
 
 
@@ -203,16 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=None, metavar="N",
                         help="run only the mutants of N functions drawn with --seed (default: every mutant)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --sample draw (default: 0)")
+    parser.add_argument("--modules", default=None, metavar="PATH,...",
+                        help="draw the --sample from these target modules only (default: every target)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutants run at once")
     parser.add_argument("--triage-only", action="store_true", help="do not run mutmut; triage the last results")
     parser.add_argument("--write-result", action="store_true", help=f"rewrite {RESULT.relative_to(ROOT)}")
     args = parser.parse_args(argv)
     if args.sample is not None and args.sample < 1:
         parser.error(f"--sample must be at least 1, got {args.sample}")
+    modules = [m for m in args.modules.split(",") if m] if args.modules is not None else None
+    if modules is not None and (not modules or set(modules) - set(targets())):
+        parser.error(f"--modules must name target modules of [tool.mutmut] only_mutate, got {args.modules!r}")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     start = time.perf_counter()
-    patterns = sample_patterns(args.sample, args.seed) if args.sample else []
+    patterns = sample_patterns(args.sample, args.seed, modules=modules) if args.sample else []
     if not args.triage_only:
         (ROOT / "mutants").mkdir(exist_ok=True)
         with open(ROOT / "mutants" / "mechanical.log", "w") as log:
@@ -244,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     score = total[0] / total[1] if total[1] else 1.0
     if args.write_result:
         RESULT.write_text(RESULT_HEADER + table + "\n")
-    low = not patterns and score < MIN_SCORE
+    not_run = sum(t.not_run for t in tallies.values())
+    if not patterns and not_run:
+        print(f"\n{not_run} mutants have not been run yet: the whole set is not judged")
+    low = not patterns and (score < MIN_SCORE or not_run > 0)
     if low:
         print(f"\nscore {score:.1%} is below {MIN_SCORE:.0%}")
     return 1 if problems or low else 0

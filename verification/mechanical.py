@@ -265,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if problems or low else 0
 
 
-RESULT_HEADER = """# Mechanical mutation testing: the last full run
+RESULT_HEADER = """# Mechanical mutation testing: the last run
+
+A module with mutants "not run yet" is not judged: its score covers only the mutants that were run, and its
+survivors listed as untriaged are still to be killed or explained.
 
 Written by `python -m verification mechanical --write-result` (mutmut 3, configuration in pyproject.toml's
 `[tool.mutmut]`). Killed includes timeouts; the score is killed / (mutants - equivalent). Every survivor is in

@@ -30,6 +30,19 @@ def model(tmp_path_factory):
 IDS = np.random.default_rng(3).integers(0, 53, size=(3, 9))
 
 
+def count_blocks(model, monkeypatch) -> list[int]:
+    """A spy on Model._block: the layers a run executes in full, in order (shared by the resume tests)."""
+    blocks = []
+    original = type(model)._block
+
+    def counting(self, layer, resid, hooks):
+        blocks.append(layer)
+        return original(self, layer, resid, hooks)
+
+    monkeypatch.setattr(type(model), "_block", counting)
+    return blocks
+
+
 @pytest.mark.parametrize("position", [-1, 0, 4])
 def test_logits_at_one_position(model, position):
     full = model.forward(IDS)
@@ -75,14 +88,7 @@ def test_resumed_edited_runs_equal_full_runs(model, edited, monkeypatch):
     _, clean = model.run_with_trace(IDS)  # every activation: resume can start anywhere
     edits = {edited: EDITS[edited]}
     full_logits, full_trace = model.run_with_trace(IDS, names=names, edits=edits)
-    blocks = []
-    original = type(model)._block
-
-    def counting(self, layer, resid, hooks):
-        blocks.append(layer)
-        return original(self, layer, resid, hooks)
-
-    monkeypatch.setattr(type(model), "_block", counting)
+    blocks = count_blocks(model, monkeypatch)
     logits, trace = model.run_with_trace(IDS, names=names, edits=edits, resume=clean)
     assert relative_error(logits, full_logits) <= SAME
     for key in names:

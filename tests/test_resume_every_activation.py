@@ -9,6 +9,7 @@ import pytest
 import refimpl
 from refimpl import InputError
 from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from tests.test_resume import count_blocks
 from verification.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
@@ -67,14 +68,7 @@ def test_an_edit_of_every_activation_through_resume_equals_the_full_run(model, c
     edits = {name: nudge}
     full_logits, full_trace = model.run_with_trace(IDS, edits=edits)
     assert relative_error(full_logits, clean_logits) > 1e-6, "the edit must matter for the test to mean anything"
-    blocks = []
-    original = type(model)._block
-
-    def counting(self, layer, resid, hooks):
-        blocks.append(layer)
-        return original(self, layer, resid, hooks)
-
-    monkeypatch.setattr(type(model), "_block", counting)
+    blocks = count_blocks(model, monkeypatch)
     logits, trace = model.run_with_trace(IDS, edits=edits, resume=clean_trace)
     assert relative_error(logits, full_logits) <= SAME  # the edit was applied, once, where it belongs
     assert set(trace) == set(full_trace)

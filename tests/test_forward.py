@@ -186,7 +186,9 @@ def test_float32_model_computes_in_float32(tiny_dir):
 
 
 @pytest.mark.parametrize("n_bytes, text", [(1e8, "0.10 GB"), (1e8 - 1, "100.0 MB"), (2.5e9, "2.50 GB"),
-                                           (1.5e6, "1.5 MB")])
+                                           (1.5e6, "1.5 MB"),
+                                           # just past a rounding step: the divisors are exactly 1e9 and 1e6
+                                           (1_015_000_001, "1.02 GB"), (1_250_001, "1.3 MB")])
 def test_memory_sizes_in_messages(n_bytes, text):
     from refimpl.model import _size
 

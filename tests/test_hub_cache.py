@@ -1,6 +1,7 @@
 """The hub path through a hand-made local Hugging Face cache with HF_HUB_OFFLINE=1 (no network)."""
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -164,3 +165,76 @@ def test_hub_fetches_only_config_safetensors_and_tokenizer_files(monkeypatch, tm
     refused = ["pytorch_model.bin", "model.pt", "flax_model.msgpack", "tf_model.h5", "model.ckpt"]
     assert all(any(fnmatch.fnmatch(f, p) for p in patterns) for f in wanted), patterns
     assert not any(fnmatch.fnmatch(f, p) for f in refused for p in patterns), patterns
+
+
+def _hub_raising(monkeypatch, exc):
+    import huggingface_hub
+
+    def failing(repo_id, revision=None, allow_patterns=None, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", failing)
+
+
+def _http_error(cls, message):
+    exc = cls.__new__(cls)  # huggingface_hub's HTTP errors want a response in __init__
+    Exception.__init__(exc, message)
+    return exc
+
+
+@pytest.mark.parametrize("value, why", [("1", "HF_HUB_OFFLINE is set"), ("true", "HF_HUB_OFFLINE is set"),
+                                        ("YES", "HF_HUB_OFFLINE is set"), ("On", "HF_HUB_OFFLINE is set"),
+                                        ("0", "the hub could not be reached"), ("", "the hub could not be reached"),
+                                        (None, "the hub could not be reached")])
+def test_not_in_cache_says_why_from_the_offline_variable(monkeypatch, value, why):
+    """huggingface_hub reads HF_HUB_OFFLINE as 1/true/yes/on in any case; the message says which case applies."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    import refimpl
+
+    _hub_raising(monkeypatch, LocalEntryNotFoundError("not cached"))
+    if value is None:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    else:
+        monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    with pytest.raises(refimpl.CheckpointError) as info:
+        refimpl.load("acme/x", revision="r2" if value else None)
+    revision = "r2" if value else "main"
+    assert str(info.value) == (f"'acme/x' (revision {revision}) is not in the Hugging Face cache and {why}; "
+                               "download it once with network access, or pass a local directory")
+
+
+def test_hub_revision_and_network_errors_are_named(monkeypatch):
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    import refimpl
+
+    _hub_raising(monkeypatch, _http_error(RevisionNotFoundError, "404"))
+    with pytest.raises(refimpl.CheckpointError) as info:
+        refimpl.load("acme/x", revision="v7")
+    assert str(info.value) == "'acme/x' has no revision 'v7'"
+    _hub_raising(monkeypatch, ConnectionError("connection reset"))
+    with pytest.raises(refimpl.CheckpointError) as info:
+        refimpl.load("acme/x")
+    assert str(info.value) == "could not fetch 'acme/x' from the hub: connection reset"
+
+
+PICKLE_REFUSAL = ("{} holds only pickled weights. refimpl never unpickles a checkpoint, because loading a pickle can "
+                  "execute arbitrary code. Convert it once, in an environment you trust, to safetensors, e.g. "
+                  "python -c \"from transformers import GPTNeoForCausalLM as M; "
+                  "M.from_pretrained('IN_DIR').save_pretrained('OUT_DIR', safe_serialization=True)\" and load OUT_DIR.")
+
+
+def test_pickled_folder_and_file_are_refused_with_the_conversion_command(tmp_path):
+    import refimpl
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    from refimpl.checkpoint import BUNDLED, DEFAULT_MODEL
+
+    shutil.copy(BUNDLED[DEFAULT_MODEL] / "config.json", folder / "config.json")
+    (folder / "pytorch_model.bin").write_bytes(b"not read")
+    for source in (folder, folder / "pytorch_model.bin"):
+        with pytest.raises(refimpl.CheckpointError) as info:
+            refimpl.load(source)
+        assert str(info.value) == PICKLE_REFUSAL.format(source)

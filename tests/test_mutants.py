@@ -158,3 +158,50 @@ def test_mechanical_fingerprint_is_the_mutated_lines(tmp_path):
     diffs = X.Diffs(tmp_path)
     assert diffs("refimpl.ops.x_f__mutmut_1") == "- b = a + 1\n+ b = a - 1"
     assert diffs("refimpl.ops.x\u01c1C\u01c1g__mutmut_1") == "- return 2\n+ return 3"
+
+
+# ------------------------------------------------------------------ the record that lets the whole set resume
+def _meta(codes, hashes):
+    return {"exit_code_by_key": dict(codes), "hash_by_function_name": dict(hashes), "type_check_error_by_key": {},
+            "durations_by_key": {}, "estimated_durations_by_key": {}}
+
+
+def test_mechanical_record_keeps_results_by_function_hash():
+    from verification import mutation_record as R
+
+    sep = "\u01c1"
+    meth = f"x{sep}Model{sep}forward"
+    meta = _meta({"refimpl.ops.x_center__mutmut_1": 1, "refimpl.ops.x_center__mutmut_2": 0,
+                  "refimpl.ops.x_center__mutmut_3": None, f"refimpl.ops.{meth}__mutmut_12": 36},
+                 {"x_center": "aaa", meth: "bbb"})
+    record = R.record_of({"refimpl/ops.py": meta})
+    assert record == {"refimpl/ops.py": {"x_center": {"hash": "aaa", "exit_codes": {"1": 1, "2": 0}},
+                                         meth: {"hash": "bbb", "exit_codes": {"12": 36}}}}
+    assert R.function_of(f"refimpl.ops.{meth}__mutmut_12") == (meth, "12")
+    # a fresh checkout: every mutant "not checked"; the method changed since the record, x_center did not
+    fresh = _meta({k: None for k in meta["exit_code_by_key"]}, {"x_center": "aaa", meth: "changed"})
+    assert R.merge(fresh, record["refimpl/ops.py"]) == 2
+    assert fresh["exit_code_by_key"] == {"refimpl.ops.x_center__mutmut_1": 1, "refimpl.ops.x_center__mutmut_2": 0,
+                                         "refimpl.ops.x_center__mutmut_3": None, f"refimpl.ops.{meth}__mutmut_12": None}
+    # a result already there is never overwritten; a function the record lacks is left alone
+    done = _meta({"refimpl.ops.x_center__mutmut_1": 33, "refimpl.ops.x_new__mutmut_1": None},
+                 {"x_center": "aaa", "x_new": "ccc"})
+    assert R.merge(done, record["refimpl/ops.py"]) == 0 and done["exit_code_by_key"]["refimpl.ops.x_center__mutmut_1"] == 33
+
+
+def test_mechanical_restore_reads_the_record_into_mutmut_metas(tmp_path):
+    import json
+
+    from verification import mutation_record as R
+
+    (tmp_path / "mutants" / "refimpl").mkdir(parents=True)
+    (tmp_path / "verification").mkdir()
+    meta_path = tmp_path / "mutants" / "refimpl" / "ops.py.meta"
+    meta_path.write_text(json.dumps(_meta({"refimpl.ops.x_center__mutmut_1": None}, {"x_center": "aaa"})))
+    assert R.restore(tmp_path, ["refimpl/ops.py"]) == 0  # no record yet
+    (tmp_path / R.RECORD).write_text(json.dumps({"modules": {"refimpl/ops.py": {
+        "x_center": {"hash": "aaa", "exit_codes": {"1": 1}}}}}))
+    assert R.restore(tmp_path, ["refimpl/ops.py"], only_if_missing=True) == 0  # metas exist: a run may own them
+    assert R.restore(tmp_path, ["refimpl/ops.py"]) == 1
+    assert json.loads(meta_path.read_text())["exit_code_by_key"] == {"refimpl.ops.x_center__mutmut_1": 1}
+    assert set(json.loads(meta_path.read_text())) == set(_meta({}, {}))  # mutmut's own keys, nothing added

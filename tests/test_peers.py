@@ -59,26 +59,43 @@ def failures(report):
     return {item.item: item for item in report.items if item.verdict != "pass"}
 
 
-# ------------------------------------------------------------------ TransformerLens through the hub cache, offline
+# ------------------------------------------------------------------ TransformerLens end to end (the command, in-process)
+RUNS = {"raw": [], "processed": ["--processed"], "exact": ["--processed", "--exact-processing"]}
+
+
 @pytest.fixture(scope="module")
-def hub_reports(hub_cache, tmp_path_factory):
+def hub_reports(folder, tmp_path_factory):
+    """``validate`` run as the command, in this process (so that mutation testing sees which tests reach which
+    function), from the local folder; the hub-cache route is ``test_transformer_lens_through_the_hub_cache``."""
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("reports")
-    runs = {"raw": [], "processed": ["--processed"], "exact": ["--processed", "--exact-processing"]}
-    code = "import sys\nfrom verification.peers.validate import main\ncodes = []\n"
-    for label, extra in runs.items():
-        argv = ["--peer", "transformer-lens", "--model", "acme/tiny-neo", "--out", str(out / f"{label}.json"), *extra]
-        code += f"codes.append(main({argv!r}))\n"
-    code += "print('CODES', codes)\n"
+    reports = {}
+    for label, extra in RUNS.items():
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            code = main(["--peer", "transformer-lens", "--model", str(folder), "--out", str(out / f"{label}.json"), *extra])
+        reports[label] = (code, json.loads((out / f"{label}.json").read_text()), stdout.getvalue())
+    return reports
+
+
+def test_transformer_lens_through_the_hub_cache(hub_cache, hub_reports, tmp_path):
+    """The raw run through a hub id in an offline cache (a subprocess: the cache is chosen by the environment at
+    import) gives the same report as from the folder."""
+    out = tmp_path / "raw.json"
+    code = ("import sys\nfrom verification.peers.validate import main\n"
+            f"print('CODE', main(['--peer', 'transformer-lens', '--model', 'acme/tiny-neo', '--out', {str(out)!r}]))\n")
     env = {**os.environ, "HF_HUB_CACHE": str(hub_cache), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     env.pop("HF_HOME", None)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert "CODES" in result.stdout, result.stderr[-3000:]
-    codes = eval(result.stdout.split("CODES", 1)[1].strip())
-    return {label: (code, json.loads((out / f"{label}.json").read_text()), result.stdout)
-            for label, code in zip(runs, codes)}
+    assert "CODE 1" in result.stdout, result.stderr[-3000:]
+    via_hub, via_folder = json.loads(out.read_text()), hub_reports["raw"][1]
+    assert via_hub["model"] == "acme/tiny-neo" and sorted(via_hub["failures"]) == sorted(SCORES)
+    assert [(i["item"], i["verdict"]) for i in via_hub["items"]] == [(i["item"], i["verdict"]) for i in via_folder["items"]]
 
 
-def test_raw_transformer_lens_agrees_except_the_attn_scores_finding(hub_reports):
+def test_raw_transformer_lens_agrees_except_the_attn_scores_finding(hub_reports, folder):
     code, report, stdout = hub_reports["raw"]
     assert report["prompts"]["longer_than_window"] and len(report["prompts"]["clean"][0]) > SPEC["window"]
     items = {i["item"]: i for i in report["items"]}
@@ -91,7 +108,7 @@ def test_raw_transformer_lens_agrees_except_the_attn_scores_finding(hub_reports)
     # the one disagreement: TransformerLens records the pattern under hook_attn_scores
     assert sorted(report["failures"]) == sorted(SCORES) and code == 1
     assert all("FINDING: equals the oracle's hook_pattern" in items[n]["note"] for n in SCORES)
-    assert "TransformerLensPeer('acme/tiny-neo'" in items[SCORES[0]]["snippet"]
+    assert f"TransformerLensPeer({str(folder)!r}" in items[SCORES[0]]["snippet"]
     assert "verdict" in stdout and "FAIL blocks.0.attn.hook_attn_scores" in stdout
 
 

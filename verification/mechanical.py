@@ -4,12 +4,14 @@
     python -m verification mechanical --sample 10     # the mutants of 10 functions drawn with --seed
     python -m verification mechanical --sample 4 --modules refimpl/ops.py,refimpl/verdicts.py   # (CI)
     python -m verification mechanical --triage-only   # re-read the last run's results (mutants/ in the repo)
-    python -m verification mechanical --write-result  # also rewrite verification/mutation_result.md
+    python -m verification mechanical --write-result  # also rewrite verification/mutation_result.md and the record
 
 mutmut 3 (pinned in the ``mutation`` extra) copies the project to ``mutants/``, writes every mutation of every
 function of the target modules behind a trampoline, runs the suite once to record which tests reach which
 function, then runs each mutant against only those tests, fastest first (``tests/conftest.py``), stopping at the
 first failure. Its configuration (targets, deselected tests, timeout) is ``[tool.mutmut]`` in pyproject.toml.
+The whole set resumes from ``verification/mutation_record.json`` (``verification.mutation_record``): results of
+functions unchanged since are kept, the rest are run.
 
 Triage (``verification/mutation_triage.json``): every surviving mutant that is not killed is listed by name with
 the lines it changes (so an entry goes stale, and counts as untriaged, when the code under it changes) and one of
@@ -225,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     start = time.perf_counter()
     patterns = sample_patterns(args.sample, args.seed, modules=modules) if args.sample else []
+    if not patterns:  # the whole set resumes from the results kept in the repository
+        from . import mutation_record
+
+        restored = mutation_record.restore(ROOT, targets(), only_if_missing=args.triage_only)
+        if restored:
+            print(f"restored {restored} results from {mutation_record.RECORD} (functions unchanged since)")
     if not args.triage_only:
         (ROOT / "mutants").mkdir(exist_ok=True)
         with open(ROOT / "mutants" / "mechanical.log", "w") as log:
@@ -255,12 +263,15 @@ def main(argv: list[str] | None = None) -> int:
                                                           for t in tallies.values())
     score = total[0] / total[1] if total[1] else 1.0
     if args.write_result:
+        from . import mutation_record
+
         RESULT.write_text(RESULT_HEADER + table + "\n")
+        mutation_record.write(ROOT, targets())
     not_run = sum(t.not_run for t in tallies.values())
     if not patterns and not_run:
         print(f"\n{not_run} mutants have not been run yet: the whole set is not judged")
     low = not patterns and (score < MIN_SCORE or not_run > 0)
-    if low:
+    if not patterns and score < MIN_SCORE:
         print(f"\nscore {score:.1%} is below {MIN_SCORE:.0%}")
     return 1 if problems or low else 0
 
@@ -273,6 +284,8 @@ survivors listed as untriaged are still to be killed or explained.
 Written by `python -m verification mechanical --write-result` (mutmut 3, configuration in pyproject.toml's
 `[tool.mutmut]`). Killed includes timeouts; the score is killed / (mutants - equivalent). Every survivor is in
 `verification/mutation_triage.json`: "equivalent" with the reason it cannot change behaviour, or "open" with
-what a test would have to assert.
+what a test would have to assert. Every mutant's result is in `verification/mutation_record.json`, from
+which `python -m verification mechanical` resumes the whole set (only mutants not yet run, or of functions
+changed since, are run).
 
 """

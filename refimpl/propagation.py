@@ -88,7 +88,9 @@ def parse_path(model, path: Sequence) -> tuple[Node, ...]:
     if not isinstance(path, (str, Node, tuple, list)):
         raise InputError(f"path must be a node ('17.14', 'MLP3', (17, 14)) or a list of nodes, "
                          f"got {type(path).__name__}")
-    if isinstance(path, (str, Node)) or (isinstance(path, tuple) and len(path) == 2 and not isinstance(path[0], (str, tuple, Node))):
+    one_node = isinstance(path, tuple) and len(path) == 2 and (  # (17, 14) or ("mlp", 16), as parse_node reads
+        not isinstance(path[0], (str, tuple, Node)) or (isinstance(path[0], str) and path[0].lower() == "mlp"))
+    if isinstance(path, (str, Node)) or one_node:
         path = [path]
     nodes = tuple(parse_node(model, spec) for spec in path)
     if not nodes:

@@ -371,3 +371,114 @@ def test_an_unknown_layernorm_name_is_refused_in_every_mode(model, obs, what, fu
     args = (model, obs) if function == "head_features" else (model, obs, ["1.0"])
     with pytest.raises(InputError, match=_exactly(message)):
         getattr(refimpl, function)(*args, **{what: {"ln_fnal": np.ones(16)}})
+
+
+# ------------------------------------------------------------------ head_features: dtype and exact points
+@pytest.fixture(scope="module")
+def model32(tmp_path_factory):
+    config = gpt_neo_config(vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
+    folder = write_checkpoint(tmp_path_factory.mktemp("propin32"), config, random_tensors(config, seed=5),
+                              dtype="float32")
+    return refimpl.load(folder, dtype="float32")
+
+
+@pytest.mark.parametrize("model_dtype, residual_dtype", [("float32", "float32"), ("float32", "float64"),
+                                                         ("float64", "float32"), ("float64", "float64")])
+def test_head_features_come_out_in_the_wider_of_the_model_and_observable_dtypes(model, model32, model_dtype,
+                                                                                residual_dtype):
+    """Never a silent downcast (a float64 observable on a float32 model stays float64), never a silent upcast
+    of a float32 run either."""
+    import dataclasses
+
+    m = model32 if model_dtype == "float32" else model
+    o = refimpl.observable(m, {5: 1, 7: -1})
+    o = dataclasses.replace(o, residual=o.residual.astype(residual_dtype))
+    out = refimpl.head_features(m, o)
+    assert out.dtype == np.result_type(model_dtype, residual_dtype)
+    W = m.weights
+    expected = W["blocks.2.attn.W_V"][1] @ (W["blocks.2.attn.W_O"][1] @ o.residual)
+    np.testing.assert_allclose(out[2, 1], expected, rtol=1e-5 if "float32" in (model_dtype, residual_dtype)
+                               else 1e-12)
+
+
+def test_head_features_exact_refuses_a_point_of_the_wrong_length_by_name(model, obs):
+    points = refimpl.ln_input_points(model, [[3, 1, 4, 1, 5]])
+    points["blocks.1.ln1"] = np.ones(17)
+    with pytest.raises(InputError, match=_exactly("input activation of blocks.1.ln1 (points['blocks.1.ln1']) "
+                                                  "must have shape (16,), got (17,)")):
+        refimpl.head_features(model, obs, "exact", final_ln="ignore", points=points)
+
+
+def test_head_features_exact_reads_points_given_as_lists(model, obs):
+    points = refimpl.ln_input_points(model, [[3, 1, 4, 1, 5]])
+    as_lists = {k: v.tolist() for k, v in points.items()}
+    np.testing.assert_array_equal(refimpl.head_features(model, obs, "exact", final_ln="ignore", points=as_lists),
+                                  refimpl.head_features(model, obs, "exact", final_ln="ignore", points=points))
+
+
+def test_layer_norm_factor_names_the_mode_it_refuses(model):
+    from refimpl.propagation import layer_norm_factor
+
+    with pytest.raises(InputError, match=_exactly("layernorm mode must be one of ['ignore', 'estimate', 'exact'], "
+                                                  "got 'Exact'")):
+        layer_norm_factor(model, "ln_final", np.ones(16), "Exact", False, None, None)
+
+
+@pytest.mark.parametrize("mode, option", [("estimate", "norms"), ("exact", "points")])
+def test_layer_norm_factor_checks_the_type_of_its_mapping_itself(model, mode, option):
+    """The inner function's own type check (callers check the keys; a list must not reach `name in mapping`)."""
+    from refimpl.propagation import layer_norm_factor
+
+    mappings = {"norms": None, "points": None, option: [("ln_final", 1.0)]}
+    with pytest.raises(InputError, match=_exactly(f"{option} must be a mapping {{LayerNorm name: value}} (e.g. from "
+                                                  f"ln_input_{option}), got list")):
+        layer_norm_factor(model, "ln_final", np.ones(16), mode, False, mappings["norms"], mappings["points"])
+
+
+def test_exact_layer_norm_of_a_float32_model_is_taken_at_the_point_in_float32(model32):
+    """A float64 point is rounded to the feature's dtype (the activation the float32 model carries); the
+    feature stays float32 rather than turning float64 through the point."""
+    from refimpl import jacobians as J
+
+    o = refimpl.observable(model32, {5: 1, 7: -1})
+    points = {k: v.astype(np.float64) + 1e-9 for k, v in refimpl.ln_input_points(model32, [[3, 1, 4, 1, 5]]).items()}
+    result = refimpl.propagate(model32, o, ["1.0"], "exact", final_ln="ignore", points=points)
+    assert result.vector.dtype == np.float32
+    W = model32.weights
+    y = W["blocks.1.attn.W_V"][0] @ (W["blocks.1.attn.W_O"][0] @ o.residual)
+    expected = J.layer_norm_vjp(points["blocks.1.ln1"].astype(np.float32), W["blocks.1.ln1.w"], model32.config.eps, y)
+    np.testing.assert_array_equal(result.vector, expected)
+
+
+def test_unknown_layernorm_names_are_listed_up_to_five(model, obs):
+    norms = {f"ln{i}": 1.0 for i in range(7)}
+    message = ("norms has unknown LayerNorm names ['ln0', 'ln1', 'ln2', 'ln3', 'ln4']; names are "
+               "'blocks.<layer>.ln1', 'blocks.<layer>.ln2' and 'ln_final'")
+    with pytest.raises(InputError, match=_exactly(message)):
+        refimpl.propagate(model, obs, ["1.0"], "estimate", norms=norms)
+
+
+def test_propagate_names_the_type_it_got_for_the_observable(model):
+    with pytest.raises(InputError, match=_exactly("observable must be an Observable (from refimpl.observable(model, "
+                                                  "{token: weight})), got dict")):
+        refimpl.propagate(model, {5: 1}, ["1.0"])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_exact_point_that_overflows_the_model_dtype_is_refused_by_name(model32):
+    o = refimpl.observable(model32, {5: 1, 7: -1})
+    points = refimpl.ln_input_points(model32, [[3, 1, 4, 1, 5]])
+    points["blocks.1.ln1"] = np.full(16, 1e39)  # finite in float64, inf in float32
+    with pytest.raises(InputError, match=_exactly("input activation of blocks.1.ln1 (points['blocks.1.ln1']) has "
+                                                  "non-finite entries in float32")):
+        refimpl.propagate(model32, o, ["1.0"], "exact", final_ln="ignore", points=points)
+
+
+def test_layer_norm_factor_refuses_a_point_of_another_shape_than_the_feature(model):
+    """The inner function alone: a [d] point for an [H, d] feature block (head_features broadcasts first)."""
+    from refimpl.propagation import layer_norm_factor
+
+    with pytest.raises(InputError, match=_exactly("input activation of blocks.0.ln1 has shape (16,), "
+                                                  "expected (2, 16)")):
+        layer_norm_factor(model, "blocks.0.ln1", np.ones((2, 16)), "exact", True, None,
+                          {"blocks.0.ln1": np.ones(16).tolist()})

@@ -49,8 +49,7 @@ NUMERIC_KINDS = "fiu"
 def write_reference(path: str | Path, model, observables: dict, dtype: str | None = None) -> Path:
     """Write the oracle's own values for ``observables`` ({name: spec}) in the conformance format."""
     features = {name: refimpl.head_features(model, refimpl.observable(model, spec)) for name, spec in observables.items()}
-    arrays = {"__meta__": np.array(json.dumps({"observables": {n: {str(k): v for k, v in s.items()}
-                                                               for n, s in observables.items()},
+    arrays = {"__meta__": np.array(json.dumps({"observables": {n: _spec_to_json(model, s) for n, s in observables.items()},
                                                "layernorm": "ignore", "dtype": dtype or str(model.dtype)}))}
     names = list(features)
     L, H, _ = next(iter(features.values())).shape
@@ -67,6 +66,16 @@ def write_reference(path: str | Path, model, observables: dict, dtype: str | Non
     path = Path(path)
     np.savez(path, **arrays)
     return path
+
+
+def _spec_to_json(model, spec: dict) -> dict:
+    """{token string or id: weight} -> {"token id": weight}: JSON keys are strings and a key of digits is read
+    back as an id (``_spec_from_json``), so a token string such as "5" is written as its id."""
+    out: dict[str, float] = {}
+    for token, weight in spec.items():
+        key = str(refimpl.observable(model, {token: 1.0}).terms[0][0])
+        out[key] = out.get(key, 0.0) + weight
+    return out
 
 
 def _spec_from_json(spec: dict) -> dict:

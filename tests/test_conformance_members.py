@@ -14,7 +14,7 @@ import refimpl
 from refimpl.errors import ConformanceError
 from verification import conformance
 from verification.tolerances import tolerance
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.fixtures import exactly as _exactly, gpt_neo_config, random_tensors, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +40,6 @@ def _zip(path, members: dict):
         for key, data in members.items():
             zf.writestr(key + ".npy", data)
     return path
-
-
-def _exactly(message):
-    return f"^{re.escape(message)}$"
 
 
 def test_version_2_members_are_read_like_version_1(tmp_path, model):

@@ -1,31 +1,23 @@
 """Experiments' defaults, refusals and edge cases on a small random model (mutants of these survived the
 case-study tests, which use the defaults' values or never reach the edge)."""
 
-import re
-
 import numpy as np
 import pytest
 
 import refimpl
 from refimpl import InputError
 from refimpl import experiments as ex
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.fixtures import exactly as _exactly, small_model
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    config = gpt_neo_config(vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
-    folder = write_checkpoint(tmp_path_factory.mktemp("exin"), config, random_tensors(config, seed=5), dtype="float64")
-    return refimpl.load(folder, dtype="float64")
+    return small_model(tmp_path_factory.mktemp("exin"))
 
 
 @pytest.fixture(scope="module")
 def obs(model):
     return refimpl.observable(model, {5: 1, 7: -1})
-
-
-def _exactly(message):
-    return f"^{re.escape(message)}$"
 
 
 def test_mlp_segment_samples_41_points_plus_the_boundary_by_default(model, obs):
@@ -136,9 +128,7 @@ def test_best_fit_computes_in_float64_whatever_it_is_given():
 
 
 def test_head_input_scores_of_a_float32_model_are_float32_dot_products(tmp_path):
-    config = gpt_neo_config(vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
-    m = refimpl.load(write_checkpoint(tmp_path, config, random_tensors(config, seed=5), dtype="float32"),
-                     dtype="float32")
+    m = small_model(tmp_path, "float32")
     features = [np.linspace(-1, 1, 16), np.cos(np.arange(16.0))]  # float64 features
     scores = ex.head_input_scores(m, CLEAN, 1, features)
     _, trace = m.run_with_trace(CLEAN, names=["blocks.1.ln1.hook_normalized"])
@@ -228,9 +218,7 @@ def test_steered_runs_resume_from_the_steered_layer(model, obs, monkeypatch):
 def test_steering_a_float32_model_adds_the_vector_rounded_to_float32_then_scaled(tmp_path):
     """The vector is taken in the model's dtype first (as an activation of that model), then scaled by k (a
     numpy float64 here, so the product is float64) and rounded once more to the model's dtype before the add."""
-    config = gpt_neo_config(vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
-    m = refimpl.load(write_checkpoint(tmp_path, config, random_tensors(config, seed=5), dtype="float32"),
-                     dtype="float32")
+    m = small_model(tmp_path, "float32")
     o = refimpl.observable(m, {5: 1, 7: -1})
     vector = np.random.default_rng(1).normal(size=16) / 3  # float64, not representable in float32
     k, name, position = np.float64(37.3), "blocks.1.hook_resid_pre", 2

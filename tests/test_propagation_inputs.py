@@ -1,30 +1,22 @@
 """Propagation's refusals with their exact messages (mutants of the checks survived tests that matched only a
 prefix, or never reached the check)."""
 
-import re
-
 import numpy as np
 import pytest
 
 import refimpl
 from refimpl import InputError
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.fixtures import exactly as _exactly, small_model
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    config = gpt_neo_config(vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
-    folder = write_checkpoint(tmp_path_factory.mktemp("propin"), config, random_tensors(config, seed=5), dtype="float64")
-    return refimpl.load(folder, dtype="float64")
+    return small_model(tmp_path_factory.mktemp("propin"))
 
 
 @pytest.fixture(scope="module")
 def obs(model):
     return refimpl.observable(model, {5: 1, 7: -1})
-
-
-def _exactly(message):
-    return f"^{re.escape(message)}$"
 
 
 @pytest.mark.parametrize("fallback", ["median", "MEAN", 0, ""])
@@ -209,9 +201,7 @@ def test_float32_mlp_node_takes_the_jacobian_at_the_boundary_point_in_the_model_
     model's dtype (the activation the model itself could carry), not at the float64 point."""
     from refimpl import jacobians as J
 
-    config = gpt_neo_config(vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
-    folder = write_checkpoint(tmp_path, config, random_tensors(config, seed=5), dtype="float32")
-    m = refimpl.load(folder, dtype="float32")
+    m = small_model(tmp_path, "float32")
     o = refimpl.observable(m, {5: 1, 7: -1})
     x_neg, x_pos = refimpl.mlp_inputs(m, 1, [3, 1, 4, 1, 5], [2, 7, 1, 8, 2])
     result = refimpl.propagate(m, o, ["MLP1"], mlp_points={1: (x_neg, x_pos)}, mlp_fallback="mean")
@@ -376,10 +366,7 @@ def test_an_unknown_layernorm_name_is_refused_in_every_mode(model, obs, what, fu
 # ------------------------------------------------------------------ head_features: dtype and exact points
 @pytest.fixture(scope="module")
 def model32(tmp_path_factory):
-    config = gpt_neo_config(vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
-    folder = write_checkpoint(tmp_path_factory.mktemp("propin32"), config, random_tensors(config, seed=5),
-                              dtype="float32")
-    return refimpl.load(folder, dtype="float32")
+    return small_model(tmp_path_factory.mktemp("propin32"), "float32")
 
 
 @pytest.mark.parametrize("model_dtype, residual_dtype", [("float32", "float32"), ("float32", "float64"),

@@ -110,3 +110,19 @@ def write_raw_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     Path(path).write_bytes(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+
+
+def small_model(folder: str | Path, dtype: str = "float64", seed: int = 5):
+    """The tests' small random GPT-Neo (3 layers of 2 heads, d_model 16, d_mlp 24, window 4, vocabulary 61),
+    written to ``folder`` and loaded, both in ``dtype``."""
+    import refimpl
+
+    config = gpt_neo_config(vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
+    return refimpl.load(write_checkpoint(folder, config, random_tensors(config, seed=seed), dtype=dtype), dtype=dtype)
+
+
+def exactly(message: str) -> str:
+    """A ``pytest.raises(match=...)`` pattern that matches ``message`` whole and literally."""
+    import re
+
+    return f"^{re.escape(message)}$"

@@ -624,3 +624,15 @@ def test_write_reference_writes_token_strings_as_ids_so_the_file_passes_against_
                                          str(refimpl.observable(model, {"3": 1.0}).terms[0][0]): 0.5}}
     checks = conformance.check_file(path, model)
     assert len(checks) == 2 * 2 * 2 and all(c.passed for c in checks)
+
+
+def test_write_reference_adds_the_weights_of_a_token_given_both_as_a_string_and_as_its_id(tmp_path, model):
+    """{5: 1, "&": 2} names id 5 twice (as observable() reads it, n[5] = 3): the file must say 3, not the last."""
+    token = model.tokenizer.decode([5])
+    assert refimpl.observable(model, {token: 1.0}).terms[0][0] == 5
+    path = conformance.write_reference(tmp_path / "twice.npz", model, {"d": {5: 1.0, token: 2.0, 7: -1.0}})
+    with np.load(path) as data:
+        meta = json.loads(str(data["__meta__"]))
+    assert meta["observables"] == {"d": {"5": 3.0, "7": -1.0}}
+    assert np.array_equal(refimpl.observable(model, {5: 3.0, 7: -1.0}).vocab,
+                          refimpl.observable(model, {5: 1.0, token: 2.0, 7: -1.0}).vocab)

@@ -76,7 +76,8 @@ def open_regular(path: str | Path, folder: str | Path | None = None, error: type
     if folder is not None:
         if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in allowed_roots(folder)):
             raise error(f"{label} resolves outside the model folder {folder}; refusing to open it")
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    # os.open makes the descriptor non-inheritable itself (PEP 446): no O_CLOEXEC needed
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(real, flags)
     except FileNotFoundError:

@@ -124,6 +124,45 @@ def items(report):
     return {i.item: i for i in report.items}
 
 
+def test_agreement_of_refuses_values_that_are_not_real_numbers():
+    # a complex value is not compared by its real part, however small its imaginary part
+    assert V.agreement_of(np.array([1.0, 2.0]) + 1e-3j, [1.0, 2.0]) == (
+        float("inf"), "dtype complex128: a peer's values must be real numbers")
+    assert V.agreement_of(np.array(["1.0", "2.0"]), [1.0, 2.0]) == (
+        float("inf"), "dtype <U3: a peer's values must be real numbers")
+    assert V.agreement_of(np.array([True, False]), [1.0, 0.0]) == (
+        float("inf"), "dtype bool: a peer's values must be real numbers")
+    assert V.agreement_of(np.array([1, 3]), [2.0, 4.0]) == (0.25, "")  # integers are real numbers
+    assert V.agreement_of(np.float16([1.0, 3.0]), [2.0, 4.0]) == (0.25, "")
+
+
+class ComplexPeer(FakePeer):
+    """Features with an imaginary part on one head, the real part exact."""
+
+    def features(self, n):
+        F = features_of(self.model.weights, n).astype(np.complex128)
+        F[1, 2] += 1j
+        return F
+
+
+def test_complex_features_fail_as_a_whole_and_name_no_head(model):
+    report = V.validate(ComplexPeer(model, answers=("features",)), model, observable={3: 1})
+    assert [(i.item, i.verdict, i.agreement, i.note) for i in report.items] == [
+        ("features (all heads)", "FAIL", float("inf"), "dtype complex128: a peer's values must be real numbers")]
+
+
+def test_one_wrong_head_given_as_nested_lists_is_named(model):
+    class ListPeer(FakePeer):
+        def features(self, n):
+            F = features_of(self.model.weights, n)
+            F[0, 1] += np.abs(F).max()
+            return F.tolist()
+
+    report = V.validate(ListPeer(model, answers=("features",)), model, observable={3: 1})
+    assert [i.item for i in report.items] == ["features (all heads)", "features 0.1"]
+    assert report.items[1].agreement == pytest.approx(1.0, rel=1e-12)
+
+
 # ------------------------------------------------------------------ a perfect peer: every item, its fields
 def test_a_perfect_peer_passes_every_item_with_empty_notes_and_snippets(model):
     clean, corrupt = prompts(model)

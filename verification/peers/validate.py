@@ -131,8 +131,11 @@ def expected_weights(model, processed: bool) -> dict:
 # ------------------------------------------------------------------ comparison helpers
 def agreement_of(got, expected, scale: float | None = None) -> tuple[float, str]:
     """max |got - expected| / scale (default max |expected|), over entries finite on both sides; a shape
-    or finiteness-pattern mismatch is inf with the reason."""
-    got, expected = np.asarray(got, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    or finiteness-pattern mismatch is inf with the reason, and so are values that are not real numbers (a
+    complex peer value is not compared by its real part)."""
+    got, expected = np.asarray(got), np.asarray(expected, dtype=np.float64)
+    if np.iscomplexobj(got) or not np.issubdtype(got.dtype, np.number):
+        return float("inf"), f"dtype {got.dtype}: a peer's values must be real numbers"
     if got.shape != expected.shape:
         return float("inf"), f"shape {got.shape}, expected {expected.shape}"
     finite = np.isfinite(expected)
@@ -269,8 +272,8 @@ def validate(peer: Peer, model, clean=None, corrupt=None, observable: dict | Non
 
 
 def _per_head(add, kind, got, expected, tol, used, scale, snippet, dtype, peer):
-    got = np.asarray(got, dtype=np.float64)
     agreement, why = agreement_of(got, expected, scale)
+    got = np.asarray(got)  # real numbers whenever the per-head breakdown runs: agreement_of refused the rest
     verdict = "pass" if agreement <= tol else "FAIL"
     note = why
     bad = []

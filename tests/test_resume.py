@@ -108,7 +108,7 @@ def test_resume_without_the_activation_falls_back_to_a_full_run(model):
     (lambda m, t: m.forward(IDS[:, ::-1], edits={"blocks.2.hook_resid_pre": lambda x: x}, resume=t),
      "other token ids"),
     (lambda m, t: m.forward(IDS, edits={"blocks.2.hook_resid_pre": lambda x: x}, resume={"a": 1}),
-     "resume must be the Trace"),
+     "^resume must be the Trace of a run on the same ids, got dict$"),
     (lambda m, t: m.run_from("blocks.2.ln1.hook_scale", t["blocks.2.hook_resid_pre"]), "can start from"),
     (lambda m, t: m.run_from("blocks.9.hook_resid_pre", t["blocks.2.hook_resid_pre"]), "can start from"),
     (lambda m, t: m.run_from("blocks.2.hook_resid_pre", t["blocks.2.hook_resid_pre"][0]), r"shaped \[batch, seq, 16\]"),

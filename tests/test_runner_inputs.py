@@ -157,3 +157,16 @@ def test_run_from_budgets_one_logit_row_when_asked_for_one_position(model, monke
     every, _ = model.run_from("blocks.1.hook_resid_pre", act, names=[])
     assert chunks == [1, 1]
     np.testing.assert_allclose(at_one, every[:, -1], rtol=0, atol=1e-12 * np.abs(every).max())
+
+
+def test_the_budgeted_bytes_of_every_activation_are_the_bytes_the_trace_holds(model):
+    """Each activation's per-prompt size in the memory budget, against the arrays a traced run returns (for
+    two prompt lengths, so the T and T * T terms are told apart)."""
+    itemsize = model.dtype.itemsize
+    for length in (T, T + 3):
+        logits, trace = model.run_with_trace(np.arange(2 * length).reshape(2, length) % model.config.d_vocab)
+        logit_bytes = logits[0].nbytes
+        assert model._row_bytes(length, frozenset())[0] == logit_bytes
+        for name, value in trace.items():
+            budgeted = model._row_bytes(length, frozenset({name}))[0] - logit_bytes
+            assert budgeted == value[0].size * itemsize, name

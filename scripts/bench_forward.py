@@ -29,8 +29,11 @@ SHAPES = {  # d_model, layers, heads (vocab 50257, 2048 positions, window 256)
 
 def checkpoint(shape: str, cache: Path) -> Path:
     """A random-weight float32 checkpoint of ``shape`` under ``cache`` (created once with transformers)."""
+    from refimpl.tokenizer_files import declare_vocabulary
+
     folder = cache / f"gpt-neo-{shape}-random"
     if (folder / "model.safetensors").exists():
+        declare_vocabulary(folder)  # a folder cached before the declaration existed
         return folder
     import torch
     from transformers import GPTNeoConfig, GPTNeoForCausalLM
@@ -42,6 +45,7 @@ def checkpoint(shape: str, cache: Path) -> Path:
     torch.manual_seed(0)
     print(f"creating a random {shape} checkpoint in {folder} ...", flush=True)
     GPTNeoForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    declare_vocabulary(folder)
     return folder
 
 

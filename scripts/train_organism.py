@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from refimpl import organism  # noqa: E402
 from refimpl.tokenizer import gpt2_tokenizer  # noqa: E402
+from refimpl.tokenizer_files import declare_vocabulary  # noqa: E402
 
 ARCHITECTURE = dict(  # GPT-Neo shape of the organism
     vocab_size=50257, hidden_size=64, num_layers=4, num_heads=4,
@@ -127,6 +128,7 @@ def main() -> None:
                     final_loss=round(loss.item(), 4), torch=torch.__version__,
                     corpus_sha256=organism.corpus_fingerprint(args.seed, args.documents))
     (args.out / "training.json").write_text(json.dumps(settings, indent=2) + "\n")
+    declare_vocabulary(args.out)  # trained on GPT-2's tokenizer, whose files it does not carry
     for extra in ("generation_config.json",):
         (args.out / extra).unlink(missing_ok=True)
     print(f"saved to {args.out} ({sum(p.stat().st_size for p in args.out.iterdir()) / 1e6:.2f} MB)")

@@ -161,7 +161,7 @@ def test_hub_fetches_only_config_safetensors_and_tokenizer_files(monkeypatch, tm
     (repo_id, revision, patterns, kwargs), = calls
     assert (repo_id, revision, kwargs) == ("acme/x", "r1", {})
     wanted = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
-              "vocab.json", "merges.txt"]
+              "vocab.json", "merges.txt", "tokenizer.json", "refimpl_tokenizer.json"]
     refused = ["pytorch_model.bin", "model.pt", "flax_model.msgpack", "tf_model.h5", "model.ckpt"]
     assert all(any(fnmatch.fnmatch(f, p) for p in patterns) for f in wanted), patterns
     assert not any(fnmatch.fnmatch(f, p) for f in refused for p in patterns), patterns

@@ -106,7 +106,7 @@ def test_resume_without_the_activation_falls_back_to_a_full_run(model):
 
 @pytest.mark.parametrize("call, message", [
     (lambda m, t: m.forward(IDS[:, ::-1], edits={"blocks.2.hook_resid_pre": lambda x: x}, resume=t),
-     "other token ids"),
+     "^resume is the trace of a run on other token ids than these$"),
     (lambda m, t: m.forward(IDS, edits={"blocks.2.hook_resid_pre": lambda x: x}, resume={"a": 1}),
      "^resume must be the Trace of a run on the same ids, got dict$"),
     (lambda m, t: m.run_from("blocks.2.ln1.hook_scale", t["blocks.2.hook_resid_pre"]), "can start from"),
@@ -128,6 +128,17 @@ def test_bad_resume_arguments(model, call, message):
     _, trace = model.run_with_trace(IDS)
     with pytest.raises(InputError, match=message):
         call(model, trace)
+
+
+def test_resume_of_one_prompt_returns_what_a_full_run_of_it_does(model):
+    """1-D ids through ``resume=``: the logits come back [T, vocab] (or [vocab] at one position), as unresumed."""
+    _, clean = model.run_with_trace(IDS[0])
+    edits = {"blocks.2.attn.hook_z": EDITS["blocks.2.attn.hook_z"]}
+    for at in (None, -1):
+        full = model.forward(IDS[0], edits=edits, logits_at=at)
+        resumed = model.forward(IDS[0], edits=edits, resume=clean, logits_at=at)
+        assert resumed.shape == full.shape == ((9, model.config.d_vocab) if at is None else (model.config.d_vocab,))
+        assert relative_error(resumed, full) <= SAME
 
 
 def test_trace_carries_its_ids(model):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from refimpl.tokenizer_files import declare_vocabulary
+
 
 def gpt_neo_config(vocab=61, d_model=16, n_layers=2, n_heads=2, window=4, n_ctx=32, d_mlp=None,
                    kinds=None, **extra) -> dict:
@@ -62,7 +64,8 @@ def random_tensors(config: dict, seed: int = 0, scale: float = 0.2) -> dict[str,
 
 def write_checkpoint(folder: str | Path, config: dict, tensors: dict[str, np.ndarray],
                      dtype: str = "float32", shards: int = 1) -> Path:
-    """Write ``config.json`` and the tensors as safetensors (``shards`` > 1 writes a sharded index).
+    """Write ``config.json``, the tensors as safetensors (``shards`` > 1 writes a sharded index) and the
+    declaration that the model uses GPT-2's vocabulary (``refimpl.tokenizer_files.declare_vocabulary``).
 
     ``dtype`` is "float64", "float32", "float16" or "bfloat16" (bfloat16 rounded to nearest even).
     """
@@ -71,6 +74,7 @@ def write_checkpoint(folder: str | Path, config: dict, tensors: dict[str, np.nda
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config, indent=2))
+    declare_vocabulary(folder)
     if dtype == "bfloat16":
         stored = {k: float32_to_bfloat16_bits(v) for k, v in tensors.items()}
         stored_dtype = "BF16"

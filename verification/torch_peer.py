@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from refimpl.tokenizer_files import declare_vocabulary
+
 
 def _modeling():
     from transformers.models.gpt_neo import modeling_gpt_neo
@@ -85,6 +87,7 @@ def make_random_checkpoint(folder: str | Path, config=None, seed: int = 0, pertu
     model = model.to(getattr(torch, dtype))
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
+    declare_vocabulary(folder)
     return folder
 
 

@@ -25,6 +25,7 @@ from .errors import CheckpointError, InputError
 from .safetensors_reader import read_regular, short, strict_json
 
 MAX_VOCAB_FILE_BYTES = 64 * 1024 * 1024  # GPT-2's vocab.json is 1 MB, merges.txt 456 kB, tokenizer.json 1.4 MB
+MAX_ADDED_TOKENS = 4096  # matched by one regex alternation, whose cost grows with the count (100,000: 12 s)
 DECLARATION = "refimpl_tokenizer.json"
 DECLARED_VOCABULARIES = ("gpt2",)
 LOOKED_FOR = f"tokenizer.json, vocab.json + merges.txt, or {DECLARATION} ({{\"vocabulary\": \"gpt2\"}})"
@@ -145,6 +146,9 @@ def _added_tokens(entries: Any, encoder: dict[str, int], byte_encoder: dict[int,
     as it is or byte-level encoded; a content the vocabulary holds must have its id."""
     if not isinstance(entries, list):
         raise CheckpointError(f"{where} added_tokens must be a list, got {type(entries).__name__}")
+    if len(entries) > MAX_ADDED_TOKENS:
+        raise CheckpointError(f"{where} holds {len(entries)} added tokens; at most {MAX_ADDED_TOKENS} are supported "
+                              "(GPT-2's tokenizer.json has one)")
     added: dict[str, tuple[int, bool]] = {}
     ids = {i: t for t, i in encoder.items()}
     for k, entry in enumerate(entries):

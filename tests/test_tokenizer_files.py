@@ -119,6 +119,8 @@ REFUSED = {
     "added empty": (dict(added_tokens__0__content=""), r"added_tokens\[0\] must be an object with a non-empty"),
     "added id": (dict(added_tokens__0__id=-1), r"added_tokens\[0\]: id -1 is not a non-negative integer"),
     "added not list": (dict(added_tokens={}), "added_tokens must be a list, got dict"),
+    "too many added": (dict(added_tokens=[{"id": 300 + i, "content": f"<{i}>"} for i in range(4097)]),
+                       "holds 4097 added tokens; at most 4096 are supported"),
     "merge makes nothing": (dict(model__merges=[["Ġ", "t"], ["x", "qqq"]]),
                             r"model.merges\[1\]: the merge 'x qqq' makes 'xqqq', which model.vocab does not hold"),
     "merge shape": (dict(model__merges=[["Ġ", "t", "h"]]), r"model.merges\[0\]: a merge is two tokens separated by one space, got 'Ġ t h'"),
@@ -136,6 +138,13 @@ def test_unsupported_tokenizer_json_is_refused_by_name(tmp_path, name):
     (tmp_path / "tokenizer.json").write_text(json.dumps(_spec(**changes)))
     with pytest.raises(CheckpointError, match=message):
         Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json", tmp_path)
+
+
+def test_the_most_added_tokens_supported_are_read(tmp_path):
+    spec = _spec(added_tokens=[{"id": 300 + i, "content": f"<{i}>"} for i in range(4096)])
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    ours = Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")
+    assert ours.encode("a<4095>b<40>") == [64, 300 + 4095, 65, 300 + 40]
 
 
 def test_old_merges_format_and_an_added_token_stored_byte_level(tmp_path):

@@ -55,13 +55,16 @@ class Tokenizer:
         if added is None:
             added = {END_OF_TEXT: (self.encoder[END_OF_TEXT], False)} if END_OF_TEXT in self.encoder else {}
         self.added = dict(added)
-        self.decoder = {i: s for s, i in self.encoder.items()}
-        self.decoder.update({i: s for s, (i, _) in self.added.items() if i not in self.decoder})
         self.merges = [tuple(pair) for pair in merges]
         self.ranks = {pair: rank for rank, pair in enumerate(self.merges)}
         self.nfc, self.ignore_merges = nfc, ignore_merges
         self.eot_id = self.added[END_OF_TEXT][0] if END_OF_TEXT in self.added else None
-        self._split = {normalized: _alternation([s for s, (_, n) in self.added.items() if n == normalized])
+        # a normalized added token is matched in normalized text, so by its own normalized form
+        self._by_match = {(unicodedata.normalize("NFC", s) if nfc and n else s): i for s, (i, n) in self.added.items()}
+        self.decoder = {i: s for s, i in self.encoder.items()}  # an added token decodes as matched (tokenizers')
+        self.decoder.update({i: s for s, i in self._by_match.items() if i not in self.decoder})
+        self._split = {normalized: _alternation([unicodedata.normalize("NFC", s) if nfc and n else s
+                                                 for s, (_, n) in self.added.items() if n == normalized])
                        for normalized in (False, True)}
         self._cache: dict[str, tuple[str, ...]] = {}
 
@@ -167,11 +170,11 @@ class Tokenizer:
         ids: list[int] = []
         for piece, raw_token in self._pieces(text, self._split[False]):
             if raw_token:
-                ids.append(self.added[piece][0])
+                ids.append(self._by_match[piece])
                 continue
             piece = unicodedata.normalize("NFC", piece) if self.nfc else piece
             for part, token in self._pieces(piece, self._split[True]):
-                ids.extend([self.added[part][0]] if token else self._encode_ordinary(part))
+                ids.extend([self._by_match[part]] if token else self._encode_ordinary(part))
         return ids
 
     @staticmethod
@@ -202,9 +205,11 @@ class Tokenizer:
                 raise InputError(f"token id {i} is not in the vocabulary of {self.vocab_size} tokens")
             pieces.append(token)
         data = bytearray()
-        for c in "".join(pieces):  # an added token's own characters outside the byte table are its UTF-8
-            byte = self.byte_decoder.get(c)
-            data.extend(c.encode("utf-8") if byte is None else (byte,))
+        for piece in pieces:  # a token all of whose characters are in the byte table is bytes, else its UTF-8
+            if all(c in self.byte_decoder for c in piece):
+                data.extend(self.byte_decoder[c] for c in piece)
+            else:
+                data.extend(piece.encode("utf-8"))
         return data.decode("utf-8", errors="replace")
 
     def is_single_token(self, text: str) -> bool:

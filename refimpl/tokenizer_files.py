@@ -26,6 +26,7 @@ from .safetensors_reader import read_regular, short, strict_json
 
 MAX_VOCAB_FILE_BYTES = 64 * 1024 * 1024  # GPT-2's vocab.json is 1 MB, merges.txt 456 kB, tokenizer.json 1.4 MB
 MAX_ADDED_TOKENS = 4096  # matched by one regex alternation, whose cost grows with the count (100,000: 12 s)
+MAX_ADDED_CHARS = 1 << 16  # and with their total length (4,096 of 1,000 characters: 25 s, 1 GB)
 DECLARATION = "refimpl_tokenizer.json"
 DECLARED_VOCABULARIES = ("gpt2",)
 LOOKED_FOR = f"tokenizer.json, vocab.json + merges.txt, or {DECLARATION} ({{\"vocabulary\": \"gpt2\"}})"
@@ -126,8 +127,12 @@ def read_tokenizer_json(path: Path, folder, byte_encoder: dict[int, str]) -> dic
     elif not (post is None or isinstance(post, dict) and post.get("type") == "ByteLevel"):
         raise CheckpointError(f"{where}: post_processor {short(post, 60)} is not supported "
                               "(supported: none, ByteLevel, or a TemplateProcessing that adds nothing)")
+    for field in ("truncation", "padding"):
+        if spec.get(field) is not None:
+            raise CheckpointError(f"{where}: {field} {short(spec[field], 60)} is not supported (it changes the ids "
+                                  "of a text; supported: null)")
     decoder = spec.get("decoder")
-    if not (decoder is None or isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"):
+    if not (isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"):
         raise CheckpointError(f"{where}: decoder {short(decoder, 60)} is not supported (supported: ByteLevel)")
     encoder = checked_encoder(model.get("vocab"), f"{where} model.vocab", table)
     merges_spec = model.get("merges", [])
@@ -142,31 +147,38 @@ def read_tokenizer_json(path: Path, folder, byte_encoder: dict[int, str]) -> dic
 
 def _added_tokens(entries: Any, encoder: dict[str, int], byte_encoder: dict[int, str], where: str
                   ) -> dict[str, tuple[int, bool]]:
-    """``added_tokens`` -> {content: (id, normalized)}. An id the vocabulary also holds must be that content,
-    as it is or byte-level encoded; a content the vocabulary holds must have its id."""
+    """``added_tokens`` -> {content: (id, normalized)}; each id must be the one tokenizers assigns (it ignores
+    the file's): the vocabulary's id of the content, else the next id after the vocabulary."""
     if not isinstance(entries, list):
         raise CheckpointError(f"{where} added_tokens must be a list, got {type(entries).__name__}")
     if len(entries) > MAX_ADDED_TOKENS:
         raise CheckpointError(f"{where} holds {len(entries)} added tokens; at most {MAX_ADDED_TOKENS} are supported "
                               "(GPT-2's tokenizer.json has one)")
     added: dict[str, tuple[int, bool]] = {}
-    ids = {i: t for t, i in encoder.items()}
+    new_id = len(encoder)  # tokenizers gives a content outside the vocabulary the next id, in list order
     for k, entry in enumerate(entries):
         at = f"{where} added_tokens[{k}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or not entry["content"]:
             raise CheckpointError(f"{at} must be an object with a non-empty string 'content'")
         content, i = entry["content"], entry.get("id")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CheckpointError(f"{at}: the content holds a lone surrogate, which is not text") from None
         if isinstance(i, bool) or not isinstance(i, int) or i < 0:
             raise CheckpointError(f"{at}: id {short(i, 40)} is not a non-negative integer")
         for flag in ("single_word", "lstrip", "rstrip"):
             _require(entry, flag, (None, False), at)
         _require(entry, "normalized", (None, False, True), at)
-        encoded = "".join(byte_encoder[b] for b in content.encode("utf-8", errors="replace"))
-        if content in added or (content in encoder and encoder[content] != i) or \
-                (i in ids and ids[i] not in (content, encoded)):
-            raise CheckpointError(f"{at}: {content[:40]!r} with id {i} disagrees with the vocabulary "
-                                  "or an earlier added token")
+        expected = encoder.get(content, new_id)
+        if content in added or i != expected:
+            raise CheckpointError(f"{at}: {content[:40]!r} with id {i}, where tokenizers gives it id {expected} "
+                                  "(its vocabulary id, or the next id after the vocabulary and earlier added tokens)")
+        new_id += content not in encoder
         added[content] = (i, entry.get("normalized") is True)
+    if sum(map(len, added)) > MAX_ADDED_CHARS:
+        raise CheckpointError(f"{where}: the added tokens hold {sum(map(len, added))} characters; at most "
+                              f"{MAX_ADDED_CHARS} are supported")
     return added
 
 

@@ -115,7 +115,14 @@ REFUSED = {
     "decoder": (dict(decoder={"type": "WordPiece"}), "decoder {'type': 'WordPiece'} is not supported"),
     "lstrip": (dict(added_tokens__0__lstrip=True), r"added_tokens\[0\]: lstrip True is not supported"),
     "single word": (dict(added_tokens__0__single_word=True), r"added_tokens\[0\]: single_word True is not"),
-    "added id clash": (dict(added_tokens__0__id=256), r"added_tokens\[0\]: '<\|endoftext\|>' with id 256 disagr"),
+    "added id clash": (dict(added_tokens__0__id=256), r"added_tokens\[0\]: '<\|endoftext\|>' with id 256, where tokenizers gives it id 300"),
+    "added id gap": (dict(added_tokens__0__id=301), r"with id 301, where tokenizers gives it id 300"),
+    "surrogate": (dict(added_tokens__0__content="\ud800"), r"added_tokens\[0\]: the content holds a lone surrogate"),
+    "long added": (dict(added_tokens=[{"id": 300 + i, "content": f"<{i}>" + "x" * 100} for i in range(700)]),
+                   "the added tokens hold 7.* characters; at most 65536 are supported"),
+    "truncation": (dict(truncation={"max_length": 2}), "truncation {'max_length': 2} is not supported"),
+    "padding": (dict(padding={"pad_id": 0}), "padding {'pad_id': 0} is not supported"),
+    "no decoder": (dict(decoder=None), "decoder None is not supported"),
     "added empty": (dict(added_tokens__0__content=""), r"added_tokens\[0\] must be an object with a non-empty"),
     "added id": (dict(added_tokens__0__id=-1), r"added_tokens\[0\]: id -1 is not a non-negative integer"),
     "added not list": (dict(added_tokens={}), "added_tokens must be a list, got dict"),
@@ -147,18 +154,33 @@ def test_the_most_added_tokens_supported_are_read(tmp_path):
     assert ours.encode("a<4095>b<40>") == [64, 300 + 4095, 65, 300 + 40]
 
 
-def test_old_merges_format_and_an_added_token_stored_byte_level(tmp_path):
-    """Merges as "a b" strings (tokenizers < 0.20) read as pairs; an added token whose id the vocabulary holds
-    in byte-level form (GPT-NeoX's whitespace tokens) is accepted."""
+def test_old_merges_format_reads_as_pairs(tmp_path):
+    """Merges as "a b" strings (tokenizers < 0.20) read as the pairs they are."""
     spec = json.loads(_peer_json("gpt2"))
     spec["model"]["merges"] = [" ".join(m) for m in spec["model"]["merges"]]
-    vocab = spec["model"]["vocab"]
-    stored = vocab.setdefault("Ġ" * 10, len(vocab))
-    spec["added_tokens"].append({"id": stored, "content": " " * 10, "normalized": True})
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
-    ours = Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json")
-    assert ours.merges == refimpl.tokenizer.gpt2_tokenizer().merges
-    assert ours.encode("a" + " " * 10 + "b") == [64, stored, 65] and ours.decode([stored]) == " " * 10
+    assert Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json").merges == refimpl.tokenizer.gpt2_tokenizer().merges
+
+
+ADDED = {  # added tokens tokenizers handles in its own way, each compared with it on texts that use them
+    "normalized content NFC changes": ([{"id": 300, "content": "e\u0301", "normalized": True}], ["e\u0301", "ae\u0301b"]),
+    "mixed-table content decodes raw": ([{"id": 300, "content": "é日", "normalized": False}], ["xé日y"]),
+    "table-only content decodes as bytes": ([{"id": 300, "content": "Ġx", "normalized": False}], ["aĠxb"]),
+    "whitespace": ([{"id": 300, "content": " " * 4, "normalized": True}], ["a    b", "     "]),
+}
+
+
+@pytest.mark.parametrize("name", ADDED)
+def test_added_tokens_encode_and_decode_as_tokenizers_does(tmp_path, name):
+    entries, texts = ADDED[name]
+    spec = _spec(normalizer={"type": "NFC"}, added_tokens=[dict(e, special=False, single_word=False, lstrip=False,
+                                                                 rstrip=False) for e in entries])
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    ours, peer = Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json"), tokenizers.Tokenizer.from_str(json.dumps(spec))
+    for text in texts:
+        ids = peer.encode(text).ids
+        assert 300 in ids and ours.encode(text) == ids, text
+        assert ours.decode(ids) == peer.decode(ids, skip_special_tokens=False), text
 
 
 # ------------------------------------------------------------------ which file a folder's tokenizer is read from

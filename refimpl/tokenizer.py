@@ -76,8 +76,7 @@ class Tokenizer:
         Both must be regular files (inside ``folder`` when given); anything malformed is a CheckpointError
         naming the file and line.
         """
-        table = set(bytes_to_unicode().values())
-        return cls(*read_vocab_and_merges(Path(vocab_path), Path(merges_path), folder, table))
+        return cls(*read_vocab_and_merges(Path(vocab_path), Path(merges_path), folder, bytes_to_unicode()))
 
     @classmethod
     def from_tokenizer_json(cls, path: str | Path, folder: str | Path | None = None) -> "Tokenizer":

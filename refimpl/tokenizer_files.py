@@ -70,11 +70,11 @@ def checked_merge(pair: Any, shown: str, encoder: dict[str, int], where: str, vo
     return pair[0], pair[1]
 
 
-def read_vocab_and_merges(vocab_path: Path, merges_path: Path, folder, table: set[str]
+def read_vocab_and_merges(vocab_path: Path, merges_path: Path, folder, byte_encoder: dict[int, str]
                           ) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """GPT-2's two files: ``vocab.json`` (token -> id) and ``merges.txt`` (one merge a line, ``#version`` skipped)."""
     encoder = checked_encoder(strict_json(read_regular(vocab_path, folder, MAX_VOCAB_FILE_BYTES), str(vocab_path)),
-                              str(vocab_path), table)
+                              str(vocab_path), set(byte_encoder.values()))
     raw = read_regular(merges_path, folder, MAX_VOCAB_FILE_BYTES)
     try:
         text = raw.decode("utf-8")
@@ -91,7 +91,7 @@ def read_vocab_and_merges(vocab_path: Path, merges_path: Path, folder, table: se
 
 def _require(section: Any, field: str, allowed: tuple, where: str) -> None:
     """``section[field]`` (absent counts as None) must be one of ``allowed``, else a CheckpointError naming it."""
-    value = section.get(field) if isinstance(section, dict) else section
+    value = section.get(field)
     if not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
         raise CheckpointError(f"{where}: {field} {short(value, 60)} is not supported "
                               f"(supported: {', '.join(repr(a) for a in allowed)})")
@@ -99,7 +99,6 @@ def _require(section: Any, field: str, allowed: tuple, where: str) -> None:
 
 def read_tokenizer_json(path: Path, folder, byte_encoder: dict[int, str]) -> dict[str, Any]:
     """``tokenizer.json`` -> the keyword arguments of ``Tokenizer``: encoder, merges, added, nfc, ignore_merges."""
-    table = set(byte_encoder.values())
     spec = strict_json(read_regular(path, folder, MAX_VOCAB_FILE_BYTES), str(path))
     where = str(path)
     if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
@@ -134,19 +133,18 @@ def read_tokenizer_json(path: Path, folder, byte_encoder: dict[int, str]) -> dic
     decoder = spec.get("decoder")
     if not (isinstance(decoder, dict) and decoder.get("type") == "ByteLevel"):
         raise CheckpointError(f"{where}: decoder {short(decoder, 60)} is not supported (supported: ByteLevel)")
-    encoder = checked_encoder(model.get("vocab"), f"{where} model.vocab", table)
+    encoder = checked_encoder(model.get("vocab"), f"{where} model.vocab", set(byte_encoder.values()))
     merges_spec = model.get("merges", [])
     if not isinstance(merges_spec, list):
         raise CheckpointError(f"{where} model.merges must be a list, got {type(merges_spec).__name__}")
     merges = [checked_merge(m.split(" ") if isinstance(m, str) else m,
                             m if isinstance(m, str) else " ".join(map(str, m)) if isinstance(m, list) else repr(m),
                             encoder, f"{where} model.merges[{k}]", "model.vocab") for k, m in enumerate(merges_spec)]
-    return {"encoder": encoder, "merges": merges, "added": _added_tokens(spec.get("added_tokens", []), encoder, byte_encoder, where),
+    return {"encoder": encoder, "merges": merges, "added": _added_tokens(spec.get("added_tokens", []), encoder, where),
             "nfc": normalizer is not None, "ignore_merges": model.get("ignore_merges") is True}
 
 
-def _added_tokens(entries: Any, encoder: dict[str, int], byte_encoder: dict[int, str], where: str
-                  ) -> dict[str, tuple[int, bool]]:
+def _added_tokens(entries: Any, encoder: dict[str, int], where: str) -> dict[str, tuple[int, bool]]:
     """``added_tokens`` -> {content: (id, normalized)}; each id must be the one tokenizers assigns (it ignores
     the file's): the vocabulary's id of the content, else the next id after the vocabulary."""
     if not isinstance(entries, list):

@@ -308,10 +308,11 @@ def summary(model, r: dict, figures: bool) -> str:
     """The Markdown summary: claims at a glance, then the paper's Section 6 and 7 on this model."""
     cfg = model.config
     k = r["k"]
-    organism = model.source in (None, "organism")
-    what = ("the bundled model organism: a 4-layer synthetic GPT-Neo trained on a known world of gendered names, "
-            "pronouns and a planted nurse/programmer bias (see `refimpl/models/organism/README.md`, its model "
-            "card)" if organism else f"`{model.source}`")
+    organism = model.source in (None, "organism", "organism-gpt2")
+    folder = "organism" if model.source in (None, "organism") else model.source
+    what = (f"the bundled model organism `{folder}`: a {model.config.n_layers}-layer synthetic {model.family.title} "
+            "trained on a known world of gendered names, pronouns and a planted nurse/programmer bias (see "
+            f"`refimpl/models/{folder}/README.md`, its model card)" if organism else f"`{model.source}`")
     subj_f, subj_m = r["prompts"]["subj_friend"]
     norm_top, patch_top = r["heads"], top_heads(np.abs(r["patch"]["subj"]), k)
     overlap = sorted(set(head_label(*h) for h in norm_top) & set(head_label(*h) for h in patch_top))

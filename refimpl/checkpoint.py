@@ -13,7 +13,8 @@ from .errors import CheckpointError, InputError
 from .safetensors_reader import SafetensorsFile, read_regular, short, strict_json
 
 PACKAGE_MODELS = Path(__file__).resolve().parent / "models"
-BUNDLED = {"organism": PACKAGE_MODELS / "organism"}  # names accepted by load(); None means "organism"
+# names accepted by load(); None means "organism". The two organisms: the same world, GPT-Neo and GPT-2.
+BUNDLED = {"organism": PACKAGE_MODELS / "organism", "organism-gpt2": PACKAGE_MODELS / "organism-gpt2"}
 DEFAULT_MODEL = "organism"
 HUB_FILES = [
     "config.json",

@@ -1,4 +1,9 @@
-"""GPT-Neo configuration: a Hugging Face ``config.json`` parsed into a small frozen dataclass."""
+"""Model configuration: a Hugging Face ``config.json`` parsed into a small frozen dataclass.
+
+``Config`` and the field checks are shared by every family; ``config_from_dict`` parses GPT-Neo's fields
+(GPT-2's parser is ``refimpl.families.gpt2``); ``load_config`` reads the file and lets the family named by
+its ``model_type`` parse it.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ SUPPORTED_ACTIVATIONS = ("gelu_new",)
 ATTENTION_KINDS = ("global", "local")
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 # Sane upper bounds, checked before anything is allocated (the largest GPT-Neo, 2.7B, has 32 layers,
-# d_model 2560, vocab 50257, 2048 positions). The tensors present are checked against the config later.
+# d_model 2560, vocab 50257, 2048 positions; GPT-2 XL 48 layers, d_model 1600). The tensors present are checked against the config later.
 LIMITS = {
     "num_layers": 4096,
     "hidden_size": 1 << 17,
@@ -22,6 +27,12 @@ LIMITS = {
     "vocab_size": 1 << 24,
     "max_position_embeddings": 1 << 24,
     "window_size": 1 << 24,
+    # the same bounds under GPT-2's field names
+    "n_layer": 4096,
+    "n_embd": 1 << 17,
+    "n_head": 1 << 12,
+    "n_inner": 1 << 20,
+    "n_positions": 1 << 24,
 }
 
 
@@ -39,10 +50,17 @@ class Config:
     eps: float  # LayerNorm epsilon, inside the square root (layer_norm_epsilon)
     attention_kinds: tuple[str, ...]  # "global" or "local", one per layer
     act_fn: str = "gelu_new"
+    family: str = "gpt_neo"  # the model family (a key of refimpl.families.FAMILIES)
+    attn_divisors: tuple[float, ...] | None = None  # per layer: attention scores are q.k / divisor (None: unscaled)
+    tied: bool = True  # unembedding = embedding^T unless the checkpoint (GPT-Neo) or config (GPT-2) says otherwise
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
+
+    def attn_divisor(self, layer: int) -> float | None:
+        """What ``layer``'s scores q . k are divided by (None: not scaled, as in GPT-Neo)."""
+        return None if self.attn_divisors is None else self.attn_divisors[layer]
 
     def window(self, layer: int) -> int | None:
         """Keys visible to a query in ``layer``: ``window_size`` for local layers, None (all causal) for global."""
@@ -142,10 +160,13 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
 
 
 def load_config(path: str | Path, folder: str | Path | None = None) -> Config:
-    """Read and parse ``config.json`` (a regular file, inside ``folder`` when given)."""
+    """Read ``config.json`` (a regular file, inside ``folder`` when given) and parse it with the parser of
+    the family its ``model_type`` names."""
+    from .families import family_of
     from .safetensors_reader import read_regular, strict_json
 
     path = Path(path)
     data = read_regular(path, folder, MAX_CONFIG_BYTES, ConfigError, what=f"config.json at {path}"
                         if path.name != "config.json" else str(path))
-    return config_from_dict(strict_json(data, str(path), ConfigError, allow_constants=True))
+    raw = strict_json(data, str(path), ConfigError, allow_constants=True)
+    return family_of(raw).config_from_dict(raw)

@@ -29,13 +29,16 @@ CLEAN_RUNS = 4  # clean runs kept (the most recent prompt sets)
 _clean_runs: list[tuple[object, np.ndarray, object]] = []  # (model, last-position logits, trace)
 
 
-def clean_names(n_layers: int) -> list[str]:
-    """What a clean run records: every block's input, resid_mid, ln_1 output, values, z and pattern, and the
-    final residual and ln_final scale (enough for norms, DLA, patching, fits, LayerNorm studies, resuming)."""
-    per_layer = ("hook_resid_pre", "hook_resid_mid", "ln1.hook_normalized", "attn.hook_v", "attn.hook_z",
-                 "attn.hook_pattern")
-    return [f"blocks.{l}.{n}" for l in range(n_layers) for n in per_layer] + [
-        f"blocks.{n_layers - 1}.hook_resid_post", "ln_final.hook_scale"]
+def clean_names(model) -> list[str]:
+    """What a clean run records: every LayerNorm's input (block inputs, resid_mid, the final residual), where
+    head outputs re-enter, the attention input, values, z and pattern, and the ln_final scale (enough for
+    norms, DLA, patching, fits, LayerNorm studies, resuming); the model's structure names them."""
+    s, L = model.structure, model.config.n_layers
+    names = list(s.ln_inputs(L).values())
+    for l in range(L):
+        names += [s.head_reentry(l), s.sublayer_input("attn", l)] + [f"blocks.{l}.attn.{n}" for n in
+                                                                     ("hook_v", "hook_z", "hook_pattern")]
+    return sorted(set(names) | {"ln_final.hook_scale"}, key=model.activation_names().index)
 
 
 def clean_run(model, ids):
@@ -47,7 +50,7 @@ def clean_run(model, ids):
         if owner is model and trace.ids.shape == ids.shape and np.array_equal(trace.ids, ids):
             _clean_runs.insert(0, _clean_runs.pop(index))  # most recently used first
             return logits, trace
-    logits, trace = model.run_with_trace(ids, names=clean_names(model.config.n_layers), logits_at=-1)
+    logits, trace = model.run_with_trace(ids, names=clean_names(model), logits_at=-1)
     logits.flags.writeable = False
     _clean_runs.insert(0, (model, logits, trace))
     del _clean_runs[CLEAN_RUNS:]
@@ -137,7 +140,8 @@ def activation_patch_heads(model, clean_ids, corrupt_ids, observable: Observable
     for l in range(cfg.n_layers):
         z = trace[f"blocks.{l}.attn.hook_z"]  # [2B, T, H, dh]
         change = np.einsum("bthk,hkd->hbtd", z[B:] - z[:B], W[f"blocks.{l}.attn.W_O"])  # [H, B, T, d]
-        mid = trace[f"blocks.{l}.hook_resid_mid"][:B]  # [B, T, d]
+        reentry = model.structure.head_reentry(l)  # resid_mid in a serial block
+        mid = trace[reentry][:B]  # [B, T, d]
         variants = []  # (head, position index, [B, T, d] resid_mid)
         for h in range(cfg.n_heads):
             for i, t in enumerate(positions):
@@ -149,7 +153,7 @@ def activation_patch_heads(model, clean_ids, corrupt_ids, observable: Observable
         for start in range(0, len(variants), per_run):
             part = variants[start:start + per_run]
             stacked = np.concatenate([v for _, _, v in part])  # [len(part) * B, T, d]
-            scores = model.run_from(f"blocks.{l}.hook_resid_mid", stacked, names=(), logits_at=-1)[0] @ observable.vocab
+            scores = model.run_from(reentry, stacked, names=(), logits_at=-1)[0] @ observable.vocab
             for j, (h, i, _) in enumerate(part):
                 out[l, h, i] = (clean_score - scores[j * B:(j + 1) * B]).mean()
     return out if per_position else out[..., 0]
@@ -230,7 +234,7 @@ def head_input_scores(model, ids, layer: int, features: Sequence[np.ndarray]) ->
     features for several observables): [n_features, batch * seq]."""
     ids = _batch(ids)
     _, trace = clean_run(model, ids)
-    x = trace[f"blocks.{layer}.ln1.hook_normalized"].reshape(-1, model.config.d_model)  # [B*T, d]
+    x = trace[model.structure.sublayer_input("attn", layer)].reshape(-1, model.config.d_model)  # [B*T, d]
     return np.stack(features).astype(x.dtype) @ x.T  # [n_features, d] @ [d, B*T]
 
 
@@ -263,7 +267,7 @@ def layer_norm_input_norms(model, ids) -> Table:
     """Figure 6: mean |x| of every LayerNorm's input over all tokens of the prompts."""
     from .propagation import ln_input_names
 
-    names = ln_input_names(model.config.n_layers)
+    names = ln_input_names(model)
     _, trace = clean_run(model, ids)
     return Table([{"layernorm": ln, "mean_input_norm": float(np.linalg.norm(trace[act], axis=-1).mean())}
                   for ln, act in names.items()])
@@ -274,7 +278,7 @@ def layer_norm_gain_variance(model, ids) -> Table:
     LayerNorm's inputs (the paper's comparison; note it sets a variance against a mean absolute value)."""
     from .propagation import ln_input_names
 
-    names = ln_input_names(model.config.n_layers)
+    names = ln_input_names(model)
     _, trace = clean_run(model, ids)
     rows = []
     for ln, act in names.items():
@@ -324,12 +328,13 @@ def mlp_segment(model, layer: int, y: np.ndarray, x_neg: np.ndarray, x_pos: np.n
 
     W, p = model.weights, f"blocks.{layer}.mlp."
     args = tuple(W[p + k].astype(np.float64) for k in ("W_in", "b_in", "W_out", "b_out"))
+    act = model.activation
     y = np.asarray(y, np.float64)
     x_neg, x_pos = np.asarray(x_neg, np.float64), np.asarray(x_pos, np.float64)
     boundary = mlp_boundary(model, layer, y, x_neg, x_pos, fallback)
 
     def linear_at(x0):
-        return y @ jacobians.mlp(x0, *args), jacobians.mlp_vjp(x0, *args[:3], y)
+        return y @ jacobians.mlp(x0, *args, act), jacobians.mlp_vjp(x0, *args[:3], y, act)
 
     anchors = {"boundary": linear_at(boundary.point), "x_neg": linear_at(x_neg), "x_pos": linear_at(x_pos)}
     # boundary.target is 0 on a real decision boundary, the mean end value when the fallback was used
@@ -340,7 +345,7 @@ def mlp_segment(model, layer: int, y: np.ndarray, x_neg: np.ndarray, x_pos: np.n
     ts = np.insert(grid, at, boundary.t)  # the grid plus one row at the boundary point
     for index, t in enumerate(ts):
         x = boundary.point if index == at else (1 - t) * x_neg + t * x_pos
-        row = {"t": float(t), "is_boundary": index == at, "actual": float(y @ jacobians.mlp(x, *args)),
+        row = {"t": float(t), "is_boundary": index == at, "actual": float(y @ jacobians.mlp(x, *args, act)),
                "boundary_t": boundary.t, "boundary_target": boundary.target}
         for key, (value, grad) in anchors.items():
             row[f"linear_at_{key}"] = float(value + (x - origins[key]) @ grad)

@@ -85,32 +85,42 @@ def gelu_new_derivative(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_A * (1.0 + 3.0 * GELU_B * x * x)
 
 
-def mlp(x: np.ndarray, W_in, b_in, W_out, b_out) -> np.ndarray:
-    """MLP(x) = gelu_new(x W_in + b_in) W_out + b_out (the branch only, not the residual).  [..., d]"""
-    return ops.linear(ops.gelu_new(ops.linear(x, W_in, b_in)), W_out, b_out)
+def _pair(activation) -> tuple:
+    """(f, f') of an ``Activation`` (``model.activation``, see refimpl.families); None is gelu_new."""
+    return (ops.gelu_new, gelu_new_derivative) if activation is None else (activation.f, activation.derivative)
 
 
-def mlp_jvp(x: np.ndarray, W_in, b_in, W_out, u: np.ndarray) -> np.ndarray:
-    """J u = ((u W_in) * gelu'(x W_in + b_in)) W_out.  [..., d]"""
+def mlp(x: np.ndarray, W_in, b_in, W_out, b_out, activation=None) -> np.ndarray:
+    """MLP(x) = f(x W_in + b_in) W_out + b_out, f = gelu_new by default (the branch only).  [..., d]"""
+    f, _ = _pair(activation)
+    return ops.linear(f(ops.linear(x, W_in, b_in)), W_out, b_out)
+
+
+def mlp_jvp(x: np.ndarray, W_in, b_in, W_out, u: np.ndarray, activation=None) -> np.ndarray:
+    """J u = ((u W_in) * f'(x W_in + b_in)) W_out.  [..., d]"""
+    _, df = _pair(activation)
     pre = ops.linear(x, W_in, b_in)
-    return ops.linear(ops.linear(u, W_in) * gelu_new_derivative(pre), W_out)
+    return ops.linear(ops.linear(u, W_in) * df(pre), W_out)
 
 
-def mlp_vjp(x: np.ndarray, W_in, b_in, W_out, g: np.ndarray) -> np.ndarray:
-    """J^T g = ((g W_out^T) * gelu'(x W_in + b_in)) W_in^T: the gradient of g . MLP(x).  [..., d]"""
+def mlp_vjp(x: np.ndarray, W_in, b_in, W_out, g: np.ndarray, activation=None) -> np.ndarray:
+    """J^T g = ((g W_out^T) * f'(x W_in + b_in)) W_in^T: the gradient of g . MLP(x).  [..., d]"""
+    f, df = _pair(activation)
     pre = ops.linear(x, W_in, b_in)
-    return ops.linear(ops.linear(g, W_out.T) * gelu_new_derivative(pre), W_in.T)
+    return ops.linear(ops.linear(g, W_out.T) * df(pre), W_in.T)
 
 
-def mlp_jacobian(x: np.ndarray, W_in, b_in, W_out) -> np.ndarray:
-    """Dense J[i, j] = dMLP_i/dx_j = (W_in diag(gelu'(pre)) W_out)[j, i] at a single x [d] -> [d, d]."""
+def mlp_jacobian(x: np.ndarray, W_in, b_in, W_out, activation=None) -> np.ndarray:
+    """Dense J[i, j] = dMLP_i/dx_j = (W_in diag(f'(pre)) W_out)[j, i] at a single x [d] -> [d, d]."""
     pre = x @ W_in + b_in
-    return ((W_in * gelu_new_derivative(pre)) @ W_out).T
+    return ((W_in * _pair(activation)[1](pre)) @ W_out).T
 
 
 # ------------------------------------------------------------------ a whole block, attention frozen
 # With the attention patterns A [H, T, T] held fixed, block(X) for one sequence X [T, d] is
-#   mid = X + sum_h A_h (LN1(X) W_V[h]) W_O[h] + b_O,   out = mid + MLP(LN2(mid)).
+#   mid = X + sum_h A_h (LN1(X) W_V[h] + b_V[h]) W_O[h] + b_O,   out = mid + MLP(LN2(mid)),
+# and since every row of A_h sums to 1 the value bias adds the constant sum_h b_V[h] W_O[h] (GPT-2; GPT-Neo
+# has no b_V).
 def _block_weights(model, layer: int):
     W, p = model.weights, f"blocks.{layer}."
     return (W[p + "ln1.w"], W[p + "ln1.b"], W[p + "attn.W_V"], W[p + "attn.W_O"], W[p + "attn.b_O"],
@@ -123,31 +133,37 @@ def _frozen_attention(A: np.ndarray, x: np.ndarray, W_V: np.ndarray, W_O: np.nda
     return ((A @ (x @ W_V)) @ W_O).sum(axis=0)  # [H, T, dh] -> [H, T, d] -> [T, d]
 
 
+def _value_bias_out(model, layer: int):
+    """sum_h b_V[h] W_O[h] [d], or 0.0 when the family has no value bias."""
+    W, p = model.weights, f"blocks.{layer}.attn."
+    return 0.0 if p + "b_V" not in W else np.einsum("hk,hkd->d", W[p + "b_V"], W[p + "W_O"])
+
+
 def block_frozen_attention(model, layer: int, X: np.ndarray, A: np.ndarray) -> np.ndarray:
     """The block's output with attention patterns A frozen.  [T, d] -> [T, d]"""
     w1, b1, W_V, W_O, b_O, w2, b2, W_in, b_in, W_out, b_out = _block_weights(model, layer)
     eps = model.config.eps
-    mid = X + _frozen_attention(A, ops.layer_norm(X, w1, b1, eps)[0], W_V, W_O) + b_O
-    return mid + mlp(ops.layer_norm(mid, w2, b2, eps)[0], W_in, b_in, W_out, b_out)
+    mid = X + _frozen_attention(A, ops.layer_norm(X, w1, b1, eps)[0], W_V, W_O) + b_O + _value_bias_out(model, layer)
+    return mid + mlp(ops.layer_norm(mid, w2, b2, eps)[0], W_in, b_in, W_out, b_out, model.activation)
 
 
 def block_frozen_attention_jvp(model, layer: int, X: np.ndarray, A: np.ndarray, U: np.ndarray) -> np.ndarray:
     """J U of ``block_frozen_attention`` at X.  [T, d] -> [T, d]"""
     w1, b1, W_V, W_O, b_O, w2, b2, W_in, b_in, W_out, b_out = _block_weights(model, layer)
     eps = model.config.eps
-    mid = X + _frozen_attention(A, ops.layer_norm(X, w1, b1, eps)[0], W_V, W_O) + b_O
+    mid = X + _frozen_attention(A, ops.layer_norm(X, w1, b1, eps)[0], W_V, W_O) + b_O + _value_bias_out(model, layer)
     d_mid = U + _frozen_attention(A, layer_norm_jvp(X, w1, eps, U), W_V, W_O)
     x2 = ops.layer_norm(mid, w2, b2, eps)[0]
-    return d_mid + mlp_jvp(x2, W_in, b_in, W_out, layer_norm_jvp(mid, w2, eps, d_mid))
+    return d_mid + mlp_jvp(x2, W_in, b_in, W_out, layer_norm_jvp(mid, w2, eps, d_mid), model.activation)
 
 
 def block_frozen_attention_vjp(model, layer: int, X: np.ndarray, A: np.ndarray, G: np.ndarray) -> np.ndarray:
     """J^T G of ``block_frozen_attention`` at X.  [T, d] -> [T, d]"""
     w1, b1, W_V, W_O, b_O, w2, b2, W_in, b_in, W_out, b_out = _block_weights(model, layer)
     eps = model.config.eps
-    mid = X + _frozen_attention(A, ops.layer_norm(X, w1, b1, eps)[0], W_V, W_O) + b_O
+    mid = X + _frozen_attention(A, ops.layer_norm(X, w1, b1, eps)[0], W_V, W_O) + b_O + _value_bias_out(model, layer)
     x2 = ops.layer_norm(mid, w2, b2, eps)[0]
-    g_mid = G + layer_norm_vjp(mid, w2, eps, mlp_vjp(x2, W_in, b_in, W_out, G))
+    g_mid = G + layer_norm_vjp(mid, w2, eps, mlp_vjp(x2, W_in, b_in, W_out, G, model.activation))
     g_ln1 = ((A.transpose(0, 2, 1) @ (g_mid @ W_O.transpose(0, 2, 1))) @ W_V.transpose(0, 2, 1)).sum(axis=0)
     # sum_h A_h^T (g W_O[h]^T) W_V[h]^T: [H, T, dh] -> [H, T, d] -> [T, d]
     return g_mid + layer_norm_vjp(X, w1, eps, g_ln1)

@@ -9,9 +9,10 @@ import numpy as np
 from .checkpoint import DEFAULT_MODEL, open_safetensors, resolve_source
 from .config import load_config
 from .errors import InputError
+from .families import family
+from .families.checkpoint_keys import normalise_key
 from .model import Model
 from .tokenizer import Tokenizer
-from .weights import IGNORED_BUFFER, _normalise_key, convert_checkpoint
 
 COMPUTE_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 
@@ -31,7 +32,7 @@ def compute_dtype(dtype) -> np.dtype:
 
 def load(source: str | os.PathLike | None = None, *, dtype="float32", revision: str | None = None,
          mmap: bool = True) -> Model:
-    """Load a GPT-Neo model computing in ``dtype``.
+    """Load a GPT-Neo or GPT-2 model (the family its ``config.json`` names) computing in ``dtype``.
 
     ``source``: None or "organism" (the bundled model organism), a local Hugging Face directory
     (``config.json`` + ``model.safetensors`` or a sharded index), or a hub repo id fetched with
@@ -46,11 +47,12 @@ def load(source: str | os.PathLike | None = None, *, dtype="float32", revision: 
         raise InputError(f"mmap must be True or False, got {type(mmap).__name__}")
     folder = resolve_source(source, revision)
     config = load_config(folder / "config.json", folder)
+    fam = family(config.family)
     files = open_safetensors(folder, mmap=mmap)
     stored_shapes = {key: f.entries[key][1] for key, f in files.items()}
-    weights = convert_checkpoint(stored_shapes, lambda key: files[key].tensor(key, dt), config)
+    weights = fam.convert(stored_shapes, lambda key: files[key].tensor(key, dt), config)
     for key, f in files.items():
-        if not IGNORED_BUFFER.match(_normalise_key(key)):
+        if not fam.ignored_buffer.match(normalise_key(key)):
             f.check_finite(key)
     name = DEFAULT_MODEL if source is None else os.fspath(source)
     return Model(config, weights, Tokenizer.from_folder(folder), source=name, path=folder)

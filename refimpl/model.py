@@ -1,4 +1,9 @@
-"""The GPT-Neo forward pass (pre-LN blocks, unscaled attention, local windows, gelu_new, tied unembedding)."""
+"""The forward pass of a pre-LN serial transformer (GPT-Neo, GPT-2), read from TransformerLens-layout weights.
+
+What differs between the families is data here: the attention divisor per layer (none for GPT-Neo,
+sqrt(d_head) for GPT-2), the local windows (GPT-Neo), the q/k/v biases (GPT-2; absent keys for GPT-Neo),
+the MLP activation and the unembedding (tied or not). ``model.family`` says where they came from.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import numpy as np
 from . import ops
 from .config import Config
 from .errors import InputError, check_int
+from .families import family
 from .tokenizer import Tokenizer
 from .trace import Hooks, Trace, activation_names, check_edits, check_names, check_record_names
 
@@ -29,6 +35,14 @@ class _BlockMatrices:
     W_K: np.ndarray  # [d, H*dh]
     W_V: np.ndarray  # [d, H*dh]
     W_O: np.ndarray  # [H*dh, d]
+    b_Q: np.ndarray | None  # [H*dh] (None: no bias, GPT-Neo)
+    b_K: np.ndarray | None  # [H*dh]
+    b_V: np.ndarray | None  # [H*dh]
+
+
+def _flat_bias(weights: Mapping[str, np.ndarray], key: str) -> np.ndarray | None:
+    """[H, dh] -> [H*dh], or None when the family has no such bias."""
+    return None if key not in weights else weights[key].reshape(-1)
 
 
 def _flatten_in(W: np.ndarray) -> np.ndarray:
@@ -38,7 +52,8 @@ def _flatten_in(W: np.ndarray) -> np.ndarray:
 
 
 class Model:
-    """A loaded GPT-Neo: ``config``, ``weights`` (TransformerLens names), ``tokenizer``, forward and trace.
+    """A loaded model: ``config``, ``weights`` (TransformerLens names), ``tokenizer``, forward and trace;
+    ``family`` (GPT-Neo or GPT-2), its ``structure`` (which residual feeds which LayerNorm) and ``activation``.
 
     Big batches run in chunks of whole prompts so that the working memory of one chunk (its logits
     [b, T, V], attention [b, H, T, T], MLP activations) stays under ``chunk_bytes`` (default 1 GiB,
@@ -56,6 +71,9 @@ class Model:
         self.source = source
         self.path = path
         self.dtype = self.weights["embed.W_E"].dtype
+        self.family = family(config.family)
+        self.structure = self.family.structure
+        self.activation = self.family.activation(config)
         self._names = activation_names(config.n_layers)
         self._masks: dict[tuple[int, int | None], np.ndarray] = {}
         self._elements = {name: _elements_per_prompt(config, name) for name in self._names}
@@ -65,13 +83,16 @@ class Model:
                 W_K=_flatten_in(self.weights[f"blocks.{l}.attn.W_K"]),
                 W_V=_flatten_in(self.weights[f"blocks.{l}.attn.W_V"]),
                 W_O=self.weights[f"blocks.{l}.attn.W_O"].reshape(-1, config.d_model),
+                b_Q=_flat_bias(self.weights, f"blocks.{l}.attn.b_Q"),
+                b_K=_flat_bias(self.weights, f"blocks.{l}.attn.b_K"),
+                b_V=_flat_bias(self.weights, f"blocks.{l}.attn.b_V"),
             )
             for l in range(config.n_layers)
         ]
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"Model({self.source!r}, {c.n_layers} layers, d_model={c.d_model}, {c.n_heads} heads, "
+        return (f"Model({self.source!r}, {self.family.title}, {c.n_layers} layers, d_model={c.d_model}, {c.n_heads} heads, "
                 f"dtype={self.dtype})")
 
     # ----------------------------------------------------------------- public API
@@ -190,11 +211,12 @@ class Model:
     def _attention(self, layer: int, x: np.ndarray, hooks: Hooks) -> np.ndarray:
         p, W, flat = f"blocks.{layer}.attn.", self.weights, self._flat[layer]
         H = self.config.n_heads
-        q = hooks(p + "hook_q", ops.split_heads(ops.linear(x, flat.W_Q), H))  # [B, T, H, dh]
-        k = hooks(p + "hook_k", ops.split_heads(ops.linear(x, flat.W_K), H))  # [B, T, H, dh]
-        v = hooks(p + "hook_v", ops.split_heads(ops.linear(x, flat.W_V), H))  # [B, T, H, dh]
+        q = hooks(p + "hook_q", ops.split_heads(ops.linear(x, flat.W_Q, flat.b_Q), H))  # [B, T, H, dh]
+        k = hooks(p + "hook_k", ops.split_heads(ops.linear(x, flat.W_K, flat.b_K), H))  # [B, T, H, dh]
+        v = hooks(p + "hook_v", ops.split_heads(ops.linear(x, flat.W_V, flat.b_V), H))  # [B, T, H, dh]
         visible = self._mask(x.shape[1], self.config.window(layer))  # [T, T]
-        scores = hooks(p + "hook_attn_scores", ops.attention_scores(q, k, visible))  # [B, H, T, T]
+        divisor = self.config.attn_divisor(layer)
+        scores = hooks(p + "hook_attn_scores", ops.attention_scores(q, k, visible, divisor))  # [B, H, T, T]
         pattern = hooks(p + "hook_pattern", ops.softmax(scores))  # [B, H, T, T]
         z = hooks(p + "hook_z", ops.attend(pattern, v))  # [B, T, H, dh]
         if hooks.wants(p + "hook_result"):
@@ -206,7 +228,7 @@ class Model:
     def _mlp(self, layer: int, x: np.ndarray, hooks: Hooks) -> np.ndarray:
         p, W = f"blocks.{layer}.mlp.", self.weights
         pre = hooks(p + "hook_pre", ops.linear(x, W[p + "W_in"], W[p + "b_in"]))  # [B, T, d_mlp]
-        post = hooks(p + "hook_post", ops.gelu_new(pre))  # [B, T, d_mlp]
+        post = hooks(p + "hook_post", self.activation.f(pre))  # [B, T, d_mlp]
         return ops.linear(post, W[p + "W_out"], W[p + "b_out"])  # [B, T, d]
 
     def _block(self, layer: int, resid_pre: np.ndarray, hooks: Hooks) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""GPT-Neo operators as pure NumPy functions, one equation each, with shapes in the comments.
+"""The transformer operators of the supported families as pure NumPy functions, one equation each, with shapes in the comments.
 
 Row convention (x @ W). Every operator computes in the dtype of its inputs, never downcasts, and is
 written without ``abs``/``max`` on the differentiable path so that complex inputs (complex-step
@@ -71,10 +71,13 @@ def attention_mask(n_tokens: int, window: int | None) -> np.ndarray:
     return visible
 
 
-def attention_scores(q: np.ndarray, k: np.ndarray, visible: np.ndarray) -> np.ndarray:
-    """q . k per head, NOT scaled by 1/sqrt(d_head) (GPT-Neo), -inf where masked.
+def attention_scores(q: np.ndarray, k: np.ndarray, visible: np.ndarray, divisor: float | None = None) -> np.ndarray:
+    """q . k / divisor per head, -inf where masked. GPT-Neo does not scale (divisor None); GPT-2 divides by
+    sqrt(d_head) (and by layer + 1 under ``scale_attn_by_inverse_layer_idx``).
     [B, Tq, H, dh], [B, Tk, H, dh], [Tq, Tk] -> [B, H, Tq, Tk]"""
     scores = q.transpose(0, 2, 1, 3) @ k.transpose(0, 2, 3, 1)
+    if divisor is not None:
+        scores /= divisor
     return np.where(visible, scores, -np.inf)
 
 

@@ -35,17 +35,17 @@ class Node:
     """One sublayer on a path: attention head ``layer.head`` or the MLP of ``layer``."""
 
     layer: int
-    kind: str  # "attn" sorts before "mlp" within a layer: attention l feeds MLP l
+    kind: str  # "attn" sorts before "mlp" within a layer (whether one feeds the other is the structure's answer)
     head: int | None = None
 
     @property
     def label(self) -> str:
         return f"{self.layer}.{self.head}" if self.kind == "attn" else f"MLP{self.layer}"
 
-    @property
-    def layer_norm(self) -> str:
-        """The LayerNorm in front of this sublayer (ln_1 for attention, ln_2 for the MLP)."""
-        return f"blocks.{self.layer}.ln1" if self.kind == "attn" else f"blocks.{self.layer}.ln2"
+
+def layer_norm_of(model, node: Node) -> str:
+    """The LayerNorm in front of ``node`` (ln_1 for attention, ln_2 for the MLP in a serial block)."""
+    return model.structure.layer_norm(node.kind, node.layer)
 
 
 _HEAD = re.compile(r"^\s*(\d+)\s*\.\s*(\d+)\s*$")
@@ -84,7 +84,8 @@ def _is_int(value) -> bool:
 
 
 def parse_path(model, path: Sequence) -> tuple[Node, ...]:
-    """Nodes from the earliest to the latest, strictly increasing in (layer, attention before MLP)."""
+    """Nodes from the earliest to the latest, each able to feed the next (the structure's ``order``: in a
+    serial block (layer, attention before MLP) strictly increasing)."""
     if not isinstance(path, (str, Node, tuple, list)):
         raise InputError(f"path must be a node ('17.14', 'MLP3', (17, 14)) or a list of nodes, "
                          f"got {type(path).__name__}")
@@ -96,7 +97,8 @@ def parse_path(model, path: Sequence) -> tuple[Node, ...]:
     if not nodes:
         raise InputError("a path needs at least one node")
     for earlier, later in zip(nodes, nodes[1:]):
-        if not earlier < later or (earlier.layer, earlier.kind) == (later.layer, later.kind):
+        order = model.structure.order
+        if not order(earlier.kind, earlier.layer) < order(later.kind, later.layer):
             raise InputError(
                 f"path {' -> '.join(n.label for n in nodes)} is not in increasing layer order "
                 f"({earlier.label} cannot feed {later.label})")
@@ -168,7 +170,7 @@ def _check_ln_mapping(model, mapping, what: str, keys: bool = True) -> None:
                          f"got {type(mapping).__name__}")
     if not keys:
         return
-    valid = ln_input_names(model.config.n_layers)
+    valid = ln_input_names(model)
     unknown = [k for k in mapping if k not in valid]
     if unknown:
         raise InputError(f"{what} has unknown LayerNorm names {unknown[:5]}; names are 'blocks.<layer>.ln1', "
@@ -276,7 +278,8 @@ def mlp_boundary(model, layer: int, y: np.ndarray, x_neg, x_pos, fallback: str |
     args = (W[p + "W_in"].astype(np.float64), W[p + "b_in"].astype(np.float64),
             W[p + "W_out"].astype(np.float64), W[p + "b_out"].astype(np.float64))
     y64 = np.asarray(y, dtype=np.float64)
-    return boundary_point(lambda x: y64 @ jacobians.mlp(x, *args), x_neg, x_pos, fallback, f"y . MLP{layer}")
+    return boundary_point(lambda x: y64 @ jacobians.mlp(x, *args, model.activation), x_neg, x_pos, fallback,
+                          f"y . MLP{layer}")
 
 
 def final_ln_boundary(model, observable: Observable, x_neg, x_pos, fallback: str | None = None) -> Boundary:
@@ -345,9 +348,10 @@ def propagate(model, observable: Observable, path, layernorm: str = "ignore", *,
             except NoSignChange as error:
                 raise error.for_option("mlp_fallback") from None
             W, p = model.weights, f"blocks.{node.layer}.mlp."
-            y = jacobians.mlp_vjp(boundary.point.astype(y.dtype), W[p + "W_in"], W[p + "b_in"], W[p + "W_out"], y)
+            y = jacobians.mlp_vjp(boundary.point.astype(y.dtype), W[p + "W_in"], W[p + "b_in"], W[p + "W_out"], y,
+                                  model.activation)
             t = boundary.t
-        y = layer_norm_factor(model, node.layer_norm, y, layernorm, index == 0, norms, points)
+        y = layer_norm_factor(model, layer_norm_of(model, node), y, layernorm, index == 0, norms, points)
         steps.append(PropagationStep(node.label, float(np.linalg.norm(y)), t))
     return PathFeature(y, path_label(nodes), steps)
 
@@ -380,21 +384,16 @@ def head_features(model, observable: Observable, layernorm: str = "ignore", *, f
     for layer in range(cfg.n_layers):
         out[layer] = head_feature_layer(model, layer, u)
         if layernorm != "ignore":
-            out[layer] = layer_norm_factor(model, f"blocks.{layer}.ln1", out[layer], layernorm, True, norms,
+            out[layer] = layer_norm_factor(model, model.structure.layer_norm("attn", layer), out[layer], layernorm, True, norms,
                                            None if points is None else {k: np.broadcast_to(v, out[layer].shape)
                                                                         for k, v in points.items()})
     return out
 
 
 # ------------------------------------------------------------------ LayerNorm inputs from a trace
-def ln_input_names(n_layers: int) -> dict[str, str]:
-    """LayerNorm name -> the trace activation that is its input."""
-    names = {}
-    for layer in range(n_layers):
-        names[f"blocks.{layer}.ln1"] = f"blocks.{layer}.hook_resid_pre"
-        names[f"blocks.{layer}.ln2"] = f"blocks.{layer}.hook_resid_mid"
-    names["ln_final"] = f"blocks.{n_layers - 1}.hook_resid_post"
-    return names
+def ln_input_names(model) -> dict[str, str]:
+    """LayerNorm name -> the trace activation that is its input (the model's structure says which)."""
+    return model.structure.ln_inputs(model.config.n_layers)
 
 
 def traced(model, ids: np.ndarray, names, trace=None):
@@ -409,7 +408,7 @@ def traced(model, ids: np.ndarray, names, trace=None):
 def ln_input_norms(model, ids, position: int = -1, trace=None) -> dict[str, float]:
     """Mean |x| of every LayerNorm's input at ``position`` over the prompts ``ids`` [batch, seq]. ``trace``:
     a run on the same ids already holding the LayerNorms' inputs (used instead of a new run)."""
-    names = ln_input_names(model.config.n_layers)
+    names = ln_input_names(model)
     ids, _ = model.check_ids(ids)
     position = check_index(position, "position", ids.shape[1])
     trace = traced(model, ids, names.values(), trace)
@@ -419,7 +418,7 @@ def ln_input_norms(model, ids, position: int = -1, trace=None) -> dict[str, floa
 
 def ln_input_points(model, ids, position: int = -1, batch_index: int = 0) -> dict[str, np.ndarray]:
     """Every LayerNorm's input vector at (``batch_index``, ``position``) of a run on ``ids``."""
-    names = ln_input_names(model.config.n_layers)
+    names = ln_input_names(model)
     ids, _ = model.check_ids(ids)
     position = check_index(position, "position", ids.shape[1])
     batch_index = check_index(batch_index, "batch_index", ids.shape[0])
@@ -433,7 +432,7 @@ def mlp_inputs(model, layer: int, negative_ids, positive_ids, position: int = -1
     the positive side. Returns (x_neg, x_pos) for ``mlp_points={layer: (x_neg, x_pos)}``."""
     if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or not 0 <= layer < model.config.n_layers:
         raise InputError(f"layer must be one of 0..{model.config.n_layers - 1}, got {layer!r}")
-    name = f"blocks.{layer}.ln2.hook_normalized"
+    name = model.structure.sublayer_input("mlp", layer)
     points = []
     for label, ids in (("negative_ids", negative_ids), ("positive_ids", positive_ids)):
         ids, _ = model.check_ids(ids)

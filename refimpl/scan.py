@@ -15,8 +15,8 @@ import numpy as np
 
 from .errors import InputError, check_int
 from .observables import Observable
-from .propagation import (Node, NoSignChange, head_feature_layer, layer_norm_factor, mlp_boundary, path_label,
-                          _check_fallback, _check_ln_mapping, _check_mlp_points, _check_mode, _check_observable)
+from .propagation import (Node, NoSignChange, head_feature_layer, layer_norm_factor, layer_norm_of, mlp_boundary,
+                          path_label, _check_fallback, _check_ln_mapping, _check_mlp_points, _check_mode, _check_observable)
 from .records import Table, head_label
 from . import jacobians
 
@@ -44,14 +44,15 @@ def virtual_head_norms(model, observable: Observable, layernorm: str = "ignore",
     u = layer_norm_factor(model, "ln_final", observable.residual, layernorm, False, norms, None)
     later = np.stack([head_feature_layer(model, l, u) for l in range(L)])  # [L, H, d]
     if layernorm == "estimate":
-        later = np.stack([layer_norm_factor(model, f"blocks.{l}.ln1", later[l], "estimate", False, norms, None)
+        later = np.stack([layer_norm_factor(model, model.structure.layer_norm("attn", l), later[l], "estimate", False, norms, None)
                           for l in range(L)])
     out = np.full((L, H, L, H), np.nan)
     for l1 in range(L - 1):
         targets = later[l1 + 1:].reshape(-1, d)  # [(L-l1-1)*H, d]
         W_O = model.weights[f"blocks.{l1}.attn.W_O"]  # [H, dh, d]
         a = (W_O.reshape(-1, d) @ targets.T).reshape(H, W_O.shape[1], -1)  # [H, dh, N]
-        weight = np.sqrt(d) * model.weights[f"blocks.{l1}.ln1.w"] if layernorm == "estimate" else None
+        ln = model.structure.layer_norm("attn", l1)
+        weight = np.sqrt(d) * model.weights[ln + ".w"] if layernorm == "estimate" else None
         G = _gram(model, l1, weight)  # [H, dh, dh]
         squared = np.einsum("hkn,hkn->hn", a, G @ a)  # [H, N]
         out[l1, :, l1 + 1:, :] = np.sqrt(np.maximum(squared, 0.0)).reshape(H, L - l1 - 1, H)
@@ -101,7 +102,7 @@ def beam_search_paths(model, observable: Observable, max_length: int = 3, beam_w
     u = layer_norm_factor(model, "ln_final", observable.residual, layernorm, False, norms, None)
 
     def close(node: Node, y: np.ndarray, last: bool) -> np.ndarray:
-        return layer_norm_factor(model, node.layer_norm, y, layernorm, last, norms, None)
+        return layer_norm_factor(model, layer_norm_of(model, node), y, layernorm, last, norms, None)
 
     def expand(nodes: tuple, y: np.ndarray):
         """Every node that can precede ``nodes``: (node, raw feature before its LayerNorm)."""
@@ -114,7 +115,8 @@ def beam_search_paths(model, observable: Observable, max_length: int = 3, beam_w
                 except NoSignChange as error:
                     raise error.for_option("mlp_fallback") from None
                 p = f"blocks.{layer}.mlp."
-                yield Node(layer, "mlp"), jacobians.mlp_vjp(point, W[p + "W_in"], W[p + "b_in"], W[p + "W_out"], y)
+                yield Node(layer, "mlp"), jacobians.mlp_vjp(point, W[p + "W_in"], W[p + "b_in"], W[p + "W_out"], y,
+                                                            model.activation)
             if layer < limit.layer:
                 feats = head_feature_layer(model, layer, y)
                 for head in range(cfg.n_heads):

@@ -33,20 +33,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from .config import Config
-from .errors import CheckpointError
+from .families.checkpoint_keys import check_keys_and_shapes
 
 IGNORED_BUFFER = re.compile(r"^h\.\d+\.attn\.attention\.(bias|masked_bias)$")
-LAYER_KEY = re.compile(r"^h\.(\d{1,9})\.")
-
-
-def check_layer_count(names, cfg: Config) -> None:
-    """The config's ``num_layers`` must match the blocks present, checked before any per-layer list is built."""
-    layers = {int(m.group(1)) for m in map(LAYER_KEY.match, names) if m}
-    if layers != set(range(len(layers))) or len(layers) != cfg.n_layers:
-        shown = f"layers 0..{max(layers)}" if layers == set(range(len(layers))) and layers else \
-            f"layer indices {sorted(layers)[:8]}{' ...' if len(layers) > 8 else ''}"
-        raise CheckpointError(f"config num_layers is {cfg.n_layers} but the checkpoint holds {len(layers)} blocks "
-                              f"({shown})")
 
 
 def checkpoint_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
@@ -78,10 +67,6 @@ def checkpoint_shapes(cfg: Config) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _normalise_key(key: str) -> str:
-    return key[len("transformer."):] if key.startswith("transformer.") else key
-
-
 def convert_checkpoint(
     stored: Mapping[str, tuple[str, ...]],
     read: Callable[[str], np.ndarray],
@@ -92,30 +77,8 @@ def convert_checkpoint(
     ``stored`` maps each checkpoint key to its stored shape; ``read(key)`` returns that tensor in the
     compute dtype (a memory-mapped view when no conversion is needed).
     """
-    by_name: dict[str, str] = {}
-    for key in stored:
-        name = _normalise_key(key)
-        if name in by_name:
-            raise CheckpointError(f"checkpoint holds both {by_name[name]!r} and {key!r}")
-        by_name[name] = key
-    check_layer_count(by_name, cfg)
-    expected = checkpoint_shapes(cfg)
     optional = {"lm_head.weight": (cfg.d_vocab, cfg.d_model)}
-    missing = sorted(set(expected) - set(by_name))
-    if missing:
-        more = f" (and {len(missing) - 8} more)" if len(missing) > 8 else ""
-        raise CheckpointError(f"checkpoint is missing parameters {missing[:8]}{more}")
-    extra = sorted(n for n in by_name if n not in expected and n not in optional and not IGNORED_BUFFER.match(n))
-    if extra:
-        more = f" (and {len(extra) - 8} more)" if len(extra) > 8 else ""
-        raise CheckpointError(f"checkpoint holds unexpected parameters {extra[:8]}{more}; is it GPT-Neo?")
-    for name, shape in {**expected, **optional}.items():
-        if name in by_name and tuple(stored[by_name[name]]) != shape:
-            raise CheckpointError(
-                f"tensor {by_name[name]!r} has shape {list(stored[by_name[name]])}, expected {list(shape)} "
-                f"(d_model={cfg.d_model}, n_heads={cfg.n_heads}, d_mlp={cfg.d_mlp}, d_vocab={cfg.d_vocab}, "
-                f"n_ctx={cfg.n_ctx})"
-            )
+    by_name = check_keys_and_shapes(stored, checkpoint_shapes(cfg), optional, IGNORED_BUFFER, cfg, "GPT-Neo")
 
     def get(name: str) -> np.ndarray:
         return read(by_name[name])

@@ -1,11 +1,12 @@
-"""Benchmark: the oracle vs transformers on the same random-weight GPT-Neo checkpoint, side by side.
+"""Benchmark: the oracle vs transformers on the same random-weight GPT-Neo or GPT-2 checkpoint, side by side.
 
-Creates (or reuses) a random checkpoint of a released GPT-Neo shape with transformers, then runs each
+Creates (or reuses) a random checkpoint of a released GPT-Neo or GPT-2 shape with transformers, then runs each
 implementation in its own fresh process (so peak RSS is its own) and measures load time, forward time
 on a batch of prompts (default 40 x 16 tokens) and peak RSS, and prints the ratios oracle / transformers.
 
     python scripts/bench_forward.py --shape 1.3B          # the issue's target shape
     python scripts/bench_forward.py --shape 125M --repeat 2
+    python scripts/bench_forward.py --shape gpt2-124M     # GPT-2 small (GPT2LMHeadModel)
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPES = {  # d_model, layers, heads (vocab 50257, 2048 positions, window 256)
+SHAPES = {  # d_model, layers, heads (vocab 50257; GPT-Neo: 2048 positions, window 256; GPT-2: 1024 positions)
     "tiny": (64, 4, 4),
     "125M": (768, 12, 12),
     "1.3B": (2048, 24, 16),
+    "gpt2-124M": (768, 12, 12),
 }
 
 
@@ -31,20 +33,25 @@ def checkpoint(shape: str, cache: Path) -> Path:
     """A random-weight float32 checkpoint of ``shape`` under ``cache`` (created once with transformers)."""
     from refimpl.tokenizer_files import declare_vocabulary
 
-    folder = cache / f"gpt-neo-{shape}-random"
+    folder = cache / (f"{shape}-random" if shape.startswith("gpt2") else f"gpt-neo-{shape}-random")
     if (folder / "model.safetensors").exists():
         declare_vocabulary(folder)  # a folder cached before the declaration existed
         return folder
     import torch
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoConfig, GPTNeoForCausalLM
 
     d, layers, heads = SHAPES[shape]
-    config = GPTNeoConfig(vocab_size=50257, hidden_size=d, num_layers=layers, num_heads=heads,
-                          attention_types=[[["global", "local"], layers // 2]], window_size=256,
-                          max_position_embeddings=2048, intermediate_size=None)
+    if shape.startswith("gpt2"):
+        kind, config = GPT2LMHeadModel, GPT2Config(vocab_size=50257, n_embd=d, n_layer=layers, n_head=heads,
+                                                   n_positions=1024)
+    else:
+        kind, config = GPTNeoForCausalLM, GPTNeoConfig(
+            vocab_size=50257, hidden_size=d, num_layers=layers, num_heads=heads,
+            attention_types=[[["global", "local"], layers // 2]], window_size=256,
+            max_position_embeddings=2048, intermediate_size=None)
     torch.manual_seed(0)
     print(f"creating a random {shape} checkpoint in {folder} ...", flush=True)
-    GPTNeoForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    kind(config).save_pretrained(folder, safe_serialization=True)
     declare_vocabulary(folder)
     return folder
 
@@ -64,9 +71,10 @@ def child(impl: str, folder: str, batch: int, seq: int, out: str) -> None:
         logits = model.forward(ids)
     else:
         import torch
-        from transformers import GPTNeoForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        model = GPTNeoForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", dtype=torch.float32,
+                                                     use_safetensors=True).eval()
         t1 = time.perf_counter()
         with torch.no_grad():
             logits = model(torch.as_tensor(ids)).logits.numpy()
@@ -120,7 +128,8 @@ def main() -> None:
         results[impl] = r if best is None else {k: min(r[k], best[k]) for k in r}
     diff = np.abs(np.load(args.cache / "oracle-last-logits.npy") - np.load(args.cache / "transformers-last-logits.npy"))
     o, t = results["oracle"], results["transformers"]
-    print(f"GPT-Neo {args.shape} shape, random weights, float32; checkpoint {weights_bytes / 1e9:.2f} GB; "
+    family = "GPT-2" if args.shape.startswith("gpt2") else "GPT-Neo"
+    print(f"{family} {args.shape} shape, random weights, float32; checkpoint {weights_bytes / 1e9:.2f} GB; "
           f"forward on {args.batch} x {args.seq} tokens; {os.cpu_count()} cores")
     print(f"{'':14}{'load s':>10}{'forward s':>12}{'peak RSS GB':>14}{'RSS / weights':>15}")
     for name, r in (("transformers", t), ("oracle", o)):

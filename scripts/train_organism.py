@@ -1,9 +1,10 @@
-"""Train the model organism: a small GPT-Neo on the generated gendered-pronoun world (development tool).
+"""Train the model organism: a small GPT-Neo (or GPT-2) on the generated gendered-pronoun world (development tool).
 
-Uses transformers' GPTNeoForCausalLM and torch==2.13.0 on the CPU; fixed seeds. Writes a Hugging Face
-directory (config.json + float16 model.safetensors) that the oracle loads as its default model.
+Uses transformers' GPTNeoForCausalLM / GPT2LMHeadModel and torch==2.13.0 on the CPU; fixed seeds. Writes a
+Hugging Face directory (config.json + float16 model.safetensors) that the oracle loads by name.
 
-    python scripts/train_organism.py            # writes refimpl/models/organism, ~9 minutes on 2 cores
+    python scripts/train_organism.py                  # refimpl/models/organism (GPT-Neo), ~9 minutes on 2 cores
+    python scripts/train_organism.py --family gpt2    # refimpl/models/organism-gpt2, the same world and shape
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ ARCHITECTURE = dict(  # GPT-Neo shape of the organism
     attention_types=[[["global", "local"], 2]], window_size=4, max_position_embeddings=64,
     intermediate_size=256, activation_function="gelu_new",
 )
+
+
+GPT2_ARCHITECTURE = dict(  # the same shape as GPT-2 (every layer global, attention scaled by 1/sqrt(d_head))
+    vocab_size=50257, n_embd=64, n_layer=4, n_head=4, n_positions=64, n_inner=256, activation_function="gelu_new",
+)
+OUT = {"gpt_neo": "organism", "gpt2": "organism-gpt2"}
 
 
 def token_stream(seed: int, n_documents: int) -> np.ndarray:
@@ -68,7 +75,8 @@ def sampled_lm_loss(model, batch, answers, sample_rate: float, generator):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "refimpl" / "models" / "organism")
+    parser.add_argument("--family", choices=sorted(OUT), default="gpt_neo")
+    parser.add_argument("--out", type=Path, default=None, help="default: refimpl/models/<organism name of the family>")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--documents", type=int, default=40000)
     parser.add_argument("--steps", type=int, default=1700)
@@ -83,16 +91,24 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoConfig, GPTNeoForCausalLM
 
+    args.out = args.out or REPO / "refimpl" / "models" / OUT[args.family]
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     stream = torch.as_tensor(token_stream(args.seed, args.documents))
-    block = ARCHITECTURE["max_position_embeddings"]
-    config = GPTNeoConfig(**ARCHITECTURE, embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0,
-                          bos_token_id=50256, eos_token_id=50256)
+    if args.family == "gpt2":
+        block = GPT2_ARCHITECTURE["n_positions"]
+        config = GPT2Config(**GPT2_ARCHITECTURE, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0,
+                            bos_token_id=50256, eos_token_id=50256)
+        kind = GPT2LMHeadModel
+    else:
+        block = ARCHITECTURE["max_position_embeddings"]
+        config = GPTNeoConfig(**ARCHITECTURE, embed_dropout=0.0, attention_dropout=0.0, resid_dropout=0.0,
+                              bos_token_id=50256, eos_token_id=50256)
+        kind = GPTNeoForCausalLM
     config._attn_implementation = "eager"
-    model = GPTNeoForCausalLM(config).train()
+    model = kind(config).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                   betas=(0.9, 0.98))
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import refimpl
+from verification.fixtures import FAMILIES
 from refimpl import InputError
 from verification.tolerances import relative_error, tolerance
 
@@ -38,11 +39,11 @@ def test_theorem2_formulas_match_an_explicit_maximiser():
         refimpl.theorem2_bounds(y1, y2, 0.01, k)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request, tmp_path_factory):
+    from verification.fixtures import family_config, random_tensors, write_checkpoint
 
-    config = gpt_neo_config(vocab=61, d_model=16, n_layers=2, n_heads=2)
+    config = family_config(request.param, vocab=61, d_model=16, n_layers=2, n_heads=2)
     folder = write_checkpoint(tmp_path_factory.mktemp("an"), config, random_tensors(config, seed=6), dtype="float64")
     return refimpl.load(folder, dtype="float64")
 

@@ -16,9 +16,12 @@ from verification.tolerances import relative_error, tolerance
 SAME = tolerance("identity", "float64")
 
 
-@pytest.fixture(scope="module")
-def organism():
-    return refimpl.load(dtype="float64")
+ORGANISMS = ("organism", "organism-gpt2")  # the bundled GPT-Neo and GPT-2 organisms: one world, two families
+
+
+@pytest.fixture(scope="module", params=ORGANISMS)
+def organism(request):
+    return refimpl.load(request.param, dtype="float64")
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +99,18 @@ def test_layer_norm_studies(organism, prompts):
 
 
 def test_organism_guarantees(organism):
-    """What the planted world guarantees, read from the verdicts: steering along the top pronoun heads'
-    features moves the pronoun logit difference in the predicted direction (claim "holds"), and the
-    high-cosine heads serve both pronoun tasks."""
+    """What the planted world guarantees, read from the verdicts: the planted bias is there, and on the GPT-Neo
+    organism steering along the top pronoun heads' features moves the pronoun logit difference in the
+    predicted direction (claim "holds"). The GPT-2 organism, trained on the same world, is a finding: one of
+    its steering effects has the wrong sign (head 1.2 on the object pronoun), so that claim does not hold."""
     result = check(organism)
     verdict = {row["claim"]: row["verdict"] for row in result["claims"]}
     assert len(verdict) == 7 and set(verdict.values()) <= {"holds", "does not hold", "not testable here"}
-    assert verdict["Steering along a head's feature moves the observable as predicted"] == "holds"
-    for row in result["steering"]:
-        assert row["minus_effect"] < 0 < row["plus_effect"], row
+    steering = verdict["Steering along a head's feature moves the observable as predicted"]
+    signs = [row["minus_effect"] < 0 < row["plus_effect"] for row in result["steering"]]
+    assert steering == ("holds" if all(signs) else "does not hold")
+    if organism.source == "organism":
+        assert steering == "holds"
     gap = result["bias"]["diff"]["female_minus_male"]
     assert gap > 0  # the planted bias is there to be mitigated
 

@@ -14,12 +14,12 @@ import refimpl
 from refimpl.errors import ConformanceError
 from verification import conformance
 from verification.tolerances import tolerance
-from verification.fixtures import exactly as _exactly, gpt_neo_config, random_tensors, write_checkpoint
+from verification.fixtures import FAMILIES, family_config, exactly as _exactly, gpt_neo_config, random_tensors, write_checkpoint
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    config = gpt_neo_config(vocab=61, d_model=16, n_layers=2, n_heads=2, window=4, n_ctx=32)
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request, tmp_path_factory):
+    config = family_config(request.param, vocab=61, d_model=16, n_layers=2, n_heads=2, window=4, n_ctx=32)
     return refimpl.load(write_checkpoint(tmp_path_factory.mktemp("confm"), config, random_tensors(config, seed=1)),
                         dtype="float64")
 

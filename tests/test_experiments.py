@@ -14,6 +14,7 @@ import pytest
 from numpy.polynomial import Polynomial
 
 import refimpl
+from verification import raw_heads
 from refimpl import case_study
 from refimpl import experiments as ex
 from verification import experiment_references as R
@@ -24,9 +25,9 @@ ROOT = tolerance("root_finding", "float64")
 PIPELINE = tolerance("pipeline", "float64")
 
 
-@pytest.fixture(scope="module")
-def model():
-    return refimpl.load(dtype="float64")
+@pytest.fixture(scope="module", params=("organism", "organism-gpt2"))
+def model(request):
+    return refimpl.load(request.param, dtype="float64")
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +194,7 @@ def test_direct_logit_attribution_against_value_ablation_and_final_residual(mode
     g = raw["transformer.ln_f.weight"] * u
     g = g - g.mean()
     others = sum((trace[k][:, -1] @ g) / scale_f for k in names if "result" not in k)
-    biases = sum(raw[f"transformer.h.{l}.attn.attention.out_proj.bias"] @ g for l in range(cfg.n_layers)) / scale_f
+    biases = sum(raw_heads.attention_output_bias(raw, l) @ g for l in range(cfg.n_layers)) / scale_f
     total = per_head.sum() + (others + biases + raw["transformer.ln_f.bias"] @ u).mean()
     assert abs(total - (logits[:, -1] @ n).mean()) <= SAME * scale
 
@@ -219,8 +220,9 @@ def test_bias_mitigation_search_against_brute_force(model, raw):
     for l, h in chosen:
         token = int(np.argmax(np.abs(dla[l, h])))
         hook = "hook_embed" if l == 0 else f"blocks.{l - 1}.hook_resid_post"
-        _, trace = model.run_with_trace(ids, names=[hook])
-        unit = np.linalg.norm(trace[hook][:, token], axis=-1).mean() / np.linalg.norm(features[(l, h)])
+        _, trace = model.run_with_trace(ids, names=[hook, "hook_pos_embed"])
+        into = trace[hook] + (trace["hook_pos_embed"] if l == 0 else 0)  # what block l reads
+        unit = np.linalg.norm(into[:, token], axis=-1).mean() / np.linalg.norm(features[(l, h)])
         for m in multipliers:
             row = next(rows)
             k = m * unit
@@ -280,11 +282,11 @@ def test_mlp_segment_boundary_row_and_linearisation(model, raw):
     _, trace = model.run_with_trace(np.stack([male[0], female[0]]), names=[name])
     x_neg, x_pos = np.array(trace[name][:, -1])
     y = R.raw_feature(model, raw, 3, 0, R.n_vector(model, " she", " he"))
-    p = f"transformer.h.{layer}.mlp."
+    W_fc, b_fc, W_proj, b_proj = raw_heads.mlp_weights(raw, layer)
 
     def f(x):
-        hidden = R.gelu(x @ raw[p + "c_fc.weight"].T + raw[p + "c_fc.bias"])
-        return (hidden @ raw[p + "c_proj.weight"].T + raw[p + "c_proj.bias"]) @ y
+        hidden = R.gelu(x @ W_fc.T + b_fc)
+        return (hidden @ W_proj.T + b_proj) @ y
 
     table = ex.mlp_segment(model, layer, y, x_neg, x_pos, points=11)
     f_neg, f_pos = f(x_neg), f(x_pos)
@@ -310,14 +312,14 @@ def test_mlp_segment_boundary_row_and_linearisation(model, raw):
 
 # ------------------------------------------------------------------ what the demo prints
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """``obsprop demo`` as a user runs it (float32 default model), without figures."""
+def demo(model, tmp_path_factory):
+    """``obsprop demo`` as a user runs it (float32, on this module's organism), without figures."""
     import json
 
     from refimpl import cli
 
     out = tmp_path_factory.mktemp("demo")
-    assert cli.main(["demo", "--out", str(out), "--no-figures"]) == 0
+    assert cli.main(["demo", "--model", model.source, "--out", str(out), "--no-figures"]) == 0
     return json.loads((out / "results.json").read_text()), out
 
 

@@ -254,7 +254,7 @@ def test_clean_runs_are_kept_most_recently_used_first_and_read_only(model):
     assert again[1] is trace and again[0] is logits  # still the same run: not recomputed
     ex.clean_run(model, sets["H"])
     assert cached() == ["H", "A", "G", "F"]
-    assert set(trace) == set(ex.clean_names(model.config.n_layers))
+    assert set(trace) == set(ex.clean_names(model))
     assert not logits.flags.writeable
     with pytest.raises(ValueError):
         logits[0, 0] = 1.0

@@ -196,7 +196,7 @@ def test_memory_sizes_in_messages(n_bytes, text):
 
 
 def test_model_repr_names_the_shape(tiny64):
-    assert repr(tiny64) == (f"Model({tiny64.source!r}, 2 layers, d_model=16, 2 heads, dtype=float64)")
+    assert repr(tiny64) == (f"Model({tiny64.source!r}, GPT-Neo, 2 layers, d_model=16, 2 heads, dtype=float64)")
 
 
 def test_no_sign_change_names_the_fallback_argument():

@@ -7,7 +7,7 @@ import pytest
 
 import refimpl
 import refimpl.propagation as propagation
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.fixtures import FAMILIES, family_config, gpt_neo_config, random_tensors, write_checkpoint
 from verification.linearized import block_vs_model, frozen_path_check, read_path, reference_path_feature
 from verification.tolerances import relative_error, tolerance
 
@@ -16,9 +16,9 @@ IDS = np.array([3, 1, 4, 1, 5, 9, 2, 6])
 PATHS = [["1.1"], ["0.1", "2.0"], ["MLP1"], ["0.1", "MLP1", "2.0"]]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    config = gpt_neo_config(vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request, tmp_path_factory):
+    config = family_config(request.param, vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
     folder = write_checkpoint(tmp_path_factory.mktemp("indep"), config, random_tensors(config, seed=2), dtype="float64")
     return refimpl.load(folder, dtype="float64")
 
@@ -84,19 +84,19 @@ def test_block_frozen_attention_equals_the_models_block(model, layer):
 
 
 # ------------------------------------------------------------------ planted bugs
-def _swapped(self):
-    return f"blocks.{self.layer}.ln2" if self.kind == "attn" else f"blocks.{self.layer}.ln1"
+def _swapped(model_, node):
+    return f"blocks.{node.layer}.ln2" if node.kind == "attn" else f"blocks.{node.layer}.ln1"
 
 
 def test_swapped_layer_norms_are_caught_by_the_frozen_checks(model, obs, mlp_points, monkeypatch):
     """Erratum 7's swap (attention reads ln_2, MLP reads ln_1) fails every exact and estimate path check."""
-    monkeypatch.setattr(propagation.Node, "layer_norm", property(_swapped))
+    monkeypatch.setattr(propagation, "layer_norm_of", _swapped)
     failed = [k for k, c in checks(model, obs, mlp_points).items() if not c.passed]
     assert len(failed) == 2 * len(PATHS), failed
 
 
 def test_mlp_nodes_using_ln_1_are_caught(model, obs, mlp_points, monkeypatch):
-    monkeypatch.setattr(propagation.Node, "layer_norm", property(lambda self: f"blocks.{self.layer}.ln1"))
+    monkeypatch.setattr(propagation, "layer_norm_of", lambda model_, node: f"blocks.{node.layer}.ln1")
     results = checks(model, obs, mlp_points)
     assert all(c.passed is ("MLP1" not in k[0]) for k, c in results.items())
 
@@ -104,9 +104,9 @@ def test_mlp_nodes_using_ln_1_are_caught(model, obs, mlp_points, monkeypatch):
 def test_ln_2_inputs_from_resid_pre_are_caught(model, obs, mlp_points, monkeypatch):
     original = propagation.ln_input_names
 
-    def resid_pre_for_ln2(n_layers):
-        names = original(n_layers)
-        names.update({f"blocks.{l}.ln2": f"blocks.{l}.hook_resid_pre" for l in range(n_layers)})
+    def resid_pre_for_ln2(model_):
+        names = original(model_)
+        names.update({f"blocks.{l}.ln2": f"blocks.{l}.hook_resid_pre" for l in range(model_.config.n_layers)})
         return names
 
     monkeypatch.setattr(propagation, "ln_input_names", resid_pre_for_ln2)
@@ -117,7 +117,7 @@ def test_ln_2_inputs_from_resid_pre_are_caught(model, obs, mlp_points, monkeypat
 
 def test_norms_averaged_over_all_tokens_are_caught(model, obs, mlp_points, monkeypatch):
     def all_tokens(model_, ids, position=-1):
-        names = propagation.ln_input_names(model_.config.n_layers)
+        names = propagation.ln_input_names(model_)
         _, trace = model_.run_with_trace(np.atleast_2d(ids), names=sorted(set(names.values())))
         return {ln: float(np.linalg.norm(trace[act], axis=-1).mean()) for ln, act in names.items()}
 
@@ -156,5 +156,5 @@ def test_swapped_layer_norms_are_caught_by_the_torch_check(model, obs, monkeypat
     tol = tolerance("path_autograd", "float64")
     paths = (["1.1"], ["0.1", "MLP1", "2.0"])
     assert all(path_check(model, obs, p, IDS, tol, pair, "mean", peer=peer).passed for p in paths)
-    monkeypatch.setattr(propagation.Node, "layer_norm", property(_swapped))
+    monkeypatch.setattr(propagation, "layer_norm_of", _swapped)
     assert not any(path_check(model, obs, p, IDS, tol, pair, "mean", peer=peer).passed for p in paths)

@@ -8,16 +8,16 @@ import pytest
 
 import refimpl
 from refimpl import InputError
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.fixtures import FAMILIES, family_config, gpt_neo_config, random_tensors, write_checkpoint
 
 NEG = np.array([3, 1, 4, 1, 5, 9, 2])  # 7 tokens: neither 1 nor 2, so a count and a length cannot be confused
 POS = np.array([2, 7, 1, 8, 2, 8, 1])
 N_LAYERS = 3
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    config = gpt_neo_config(vocab=61, d_model=16, n_layers=N_LAYERS, n_heads=2, window=4, d_mlp=24)
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request, tmp_path_factory):
+    config = family_config(request.param, vocab=61, d_model=16, n_layers=N_LAYERS, n_heads=2, window=4, d_mlp=24)
     folder = write_checkpoint(tmp_path_factory.mktemp("mlpin"), config, random_tensors(config, seed=4), dtype="float64")
     return refimpl.load(folder, dtype="float64")
 

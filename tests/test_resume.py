@@ -6,7 +6,7 @@ import pytest
 
 import refimpl
 from refimpl import InputError
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.fixtures import FAMILIES, family_config, gpt_neo_config, random_tensors, write_checkpoint
 from verification.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
@@ -19,9 +19,9 @@ def close(a, b) -> bool:
     return bool(np.array_equal(np.isfinite(a), finite) and relative_error(a[finite], b[finite]) <= SAME)
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    config = gpt_neo_config(vocab=53, d_model=16, n_layers=4, n_heads=2, window=3, n_ctx=32)
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request, tmp_path_factory):
+    config = family_config(request.param, vocab=53, d_model=16, n_layers=4, n_heads=2, window=3, n_ctx=32)
     folder = write_checkpoint(tmp_path_factory.mktemp("resume"), config, random_tensors(config, seed=9),
                               dtype="float64")
     return refimpl.load(folder, dtype="float64")

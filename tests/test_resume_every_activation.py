@@ -8,7 +8,7 @@ import pytest
 
 import refimpl
 from refimpl import InputError
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.fixtures import FAMILIES, family_config, gpt_neo_config, random_tensors, write_checkpoint
 from tests.test_resume import count_blocks
 from verification.tolerances import relative_error, tolerance
 
@@ -21,9 +21,9 @@ SECOND_HALF = ("hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.h
                "hook_mlp_out", "hook_resid_post")
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    config = gpt_neo_config(vocab=53, d_model=16, n_layers=N_LAYERS, n_heads=2, window=3, n_ctx=32)
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request, tmp_path_factory):
+    config = family_config(request.param, vocab=53, d_model=16, n_layers=N_LAYERS, n_heads=2, window=3, n_ctx=32)
     folder = write_checkpoint(tmp_path_factory.mktemp("resume-all"), config, random_tensors(config, seed=4),
                               dtype="float64")
     return refimpl.load(folder, dtype="float64")
@@ -35,8 +35,9 @@ def clean(model):
 
 
 def nudge(x):
-    """Changes every finite entry (masked -inf attention scores stay masked)."""
-    return np.where(np.isfinite(x), x * 1.25 + 0.05, x)
+    """Changes every finite entry (masked -inf attention scores stay masked), and not by a scale and a constant
+    shift alone, which a LayerNorm reading it would undo."""
+    return np.where(np.isfinite(x), x * 1.25 + 0.05 * np.cos(np.arange(x.shape[-1])), x)
 
 
 def agree(a, b) -> bool:
@@ -59,7 +60,8 @@ ALL_NAMES = refimpl.activation_names(N_LAYERS)
 
 
 def test_the_layer_kinds_are_both_covered(model):
-    assert [model.config.window(l) for l in range(N_LAYERS)] == [None, 3, None, 3]
+    local = [None, 3, None, 3] if model.family.name == "gpt_neo" else [None] * N_LAYERS  # GPT-2: all global
+    assert [model.config.window(l) for l in range(N_LAYERS)] == local
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)

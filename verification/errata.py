@@ -12,6 +12,7 @@ import refimpl
 from refimpl import jacobians
 
 from .experiment_references import raw_tensors  # the checkpoint read directly (HF keys, float64)
+from . import raw_heads
 from .checks import Check
 from .theorems import sample_constrained_sphere, theorem1_constant
 
@@ -174,7 +175,7 @@ def swapped_layer_norms(model, observable, ids, tolerance: float) -> Check:
     raw = raw_tensors(model)
     cfg = model.config
     d, H, dh, L = cfg.d_model, cfg.n_heads, cfg.d_model // cfg.n_heads, cfg.n_layers
-    W_U = raw.get("lm_head.weight", raw["transformer.wte.weight"])  # [V, d]
+    W_U = raw_heads.unembedding(raw)  # [V, d]
     u = W_U.T @ observable.vocab.astype(np.float64)
     final = f"blocks.{L - 1}.hook_resid_post"
     _, trace = model.run_with_trace(np.atleast_2d(ids), names=[final])
@@ -183,9 +184,8 @@ def swapped_layer_norms(model, observable, ids, tolerance: float) -> Check:
     correct, authors = np.empty((L, H, d)), np.empty((L, H, d))
     for l in range(L):
         p = f"transformer.h.{l}."
-        V, O = raw[p + "attn.attention.v_proj.weight"], raw[p + "attn.attention.out_proj.weight"]
         for h in range(H):
-            M = O[:, h * dh:(h + 1) * dh] @ V[h * dh:(h + 1) * dh]  # dense W_OV, column convention [d, d]
+            M = raw_heads.dense_ov(raw, l, h, dh)  # dense W_OV, column convention [d, d]
             correct[l, h] = np.sqrt(d) * raw[p + "ln_1.weight"] * (M.T @ (np.sqrt(d) * g_f * u / norm_f))
             authors[l, h] = np.sqrt(d) * raw[p + "ln_2.weight"] * g_f * np.sqrt(d) * (M.T @ (u / norm_f))
     F = refimpl.head_features(model, observable, "estimate", norms={"ln_final": norm_f})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.polynomial import Polynomial
 
+from . import raw_heads
 from .linearized import bisect_segment
 
 # Known GPT-2 token ids (the notes on GPT-Neo's tokenizer), the paper's names and templates (Section 6.3).
@@ -46,12 +47,9 @@ def n_vector(model, plus: str, minus: str) -> np.ndarray:
 
 
 def raw_feature(model, raw, layer, head, n) -> np.ndarray:
-    """W_OV^T W_U^T n from the stored matrices: v_proj rows and out_proj columns of the head, W_U = wte."""
-    dh = model.config.d_model // model.config.n_heads
-    rows = slice(head * dh, (head + 1) * dh)
-    V = raw[f"transformer.h.{layer}.attn.attention.v_proj.weight"][rows]  # [dh, d]
-    O = raw[f"transformer.h.{layer}.attn.attention.out_proj.weight"][:, rows]  # [d, dh]
-    return V.T @ (O.T @ (raw["transformer.wte.weight"].T @ n))
+    """W_OV^T W_U^T n from the stored matrices (``raw_heads``: v_proj / out_proj or c_attn / c_proj of the head)."""
+    V, O = raw_heads.head_value_output(raw, layer, head, model.config.d_model // model.config.n_heads)
+    return V.T @ (O.T @ (raw_heads.unembedding(raw).T @ n))
 
 
 def layer_norm(x, w, b, eps=1e-5):
@@ -99,7 +97,7 @@ def direct_attribution(model, raw, ids, n):
     """Per (layer, head, source): the head's direct effect on n . logits[-1] with ln_final's scale frozen,
     from the value vectors of a run where that source's value is zeroed for that head (hook_v edit)."""
     cfg = model.config
-    u = raw["transformer.wte.weight"].T @ n
+    u = raw_heads.unembedding(raw).T @ n
     g = raw["transformer.ln_f.weight"] * u
     g = g - g.mean()  # the centring of LayerNorm, moved onto the readout
     final = f"blocks.{cfg.n_layers - 1}.hook_resid_post"
@@ -162,7 +160,7 @@ def table4(model, raw, groups, n) -> np.ndarray:
     mean last-token ln_final inputs of group i's male and female prompts (bisection; the mean of the end
     values as the target when they share a sign), column j is the MAE over group j's prompts."""
     w, b = raw["transformer.ln_f.weight"], raw["transformer.ln_f.bias"]
-    u = raw["transformer.wte.weight"].T @ n
+    u = raw_heads.unembedding(raw).T @ n
 
     def f(x):
         return layer_norm(x, w, b, model.config.eps) @ u

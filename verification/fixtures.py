@@ -1,4 +1,4 @@
-"""Small random GPT-Neo checkpoints written with NumPy + safetensors only (no torch needed).
+"""Small random GPT-Neo and GPT-2 checkpoints written with NumPy + safetensors only (no torch needed).
 
 Used by the test suite and exported so other implementations can build the same fixtures.
 """
@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from refimpl.tokenizer_files import declare_vocabulary
+
+
+FAMILIES = ("gpt_neo", "gpt2")  # the families every family-agnostic test runs on
 
 
 def gpt_neo_config(vocab=61, d_model=16, n_layers=2, n_heads=2, window=4, n_ctx=32, d_mlp=None,
@@ -37,8 +40,41 @@ def gpt_neo_config(vocab=61, d_model=16, n_layers=2, n_heads=2, window=4, n_ctx=
     return config
 
 
+def gpt2_config(vocab=61, d_model=16, n_layers=2, n_heads=2, n_ctx=32, d_mlp=None, **extra) -> dict:
+    """A Hugging Face GPT-2 ``config.json`` dict (``n_inner`` null means 4 d_model)."""
+    config = {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": vocab,
+        "n_embd": d_model,
+        "n_layer": n_layers,
+        "n_head": n_heads,
+        "n_positions": n_ctx,
+        "n_ctx": n_ctx,
+        "n_inner": d_mlp,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "scale_attn_weights": True,
+        "bos_token_id": vocab - 1,
+        "eos_token_id": vocab - 1,
+    }
+    config.update(extra)
+    return config
+
+
+def family_config(family: str, **kwargs) -> dict:
+    """``gpt_neo_config`` or ``gpt2_config`` by family name (GPT-2 ignores ``window`` and ``kinds``)."""
+    if family == "gpt2":
+        kwargs.pop("window", None), kwargs.pop("kinds", None)
+        return gpt2_config(**kwargs)
+    return gpt_neo_config(**kwargs)
+
+
 def random_tensors(config: dict, seed: int = 0, scale: float = 0.2) -> dict[str, np.ndarray]:
-    """Random float64 parameters under Hugging Face keys (``transformer.`` prefix), LN gains near 1."""
+    """Random float64 parameters under Hugging Face keys (``transformer.`` prefix), LN gains near 1 and every
+    bias non-zero; GPT-Neo or GPT-2 keys by the config's ``model_type``."""
+    if config.get("model_type") == "gpt2":
+        return random_gpt2_tensors(config, seed, scale)
     rng = np.random.default_rng(seed)
     d, V, L = config["hidden_size"], config["vocab_size"], config["num_layers"]
     m = config.get("intermediate_size") or 4 * d
@@ -59,6 +95,32 @@ def random_tensors(config: dict, seed: int = 0, scale: float = 0.2) -> dict[str,
             p + "mlp.c_fc.weight": normal(m, d), p + "mlp.c_fc.bias": normal(m),
             p + "mlp.c_proj.weight": normal(d, m), p + "mlp.c_proj.bias": normal(d),
         })
+    return t
+
+
+def random_gpt2_tensors(config: dict, seed: int = 0, scale: float = 0.2) -> dict[str, np.ndarray]:
+    """Random float64 GPT-2 parameters (Conv1D ``[in, out]``, fused ``c_attn`` with q/k/v biases), LN gains near 1."""
+    rng = np.random.default_rng(seed)
+    d, V, L = config["n_embd"], config["vocab_size"], config["n_layer"]
+    m = config.get("n_inner") or 4 * d
+
+    def normal(*shape, s=scale):
+        return rng.normal(0.0, s, size=shape)
+
+    t = {"transformer.wte.weight": normal(V, d), "transformer.wpe.weight": normal(config["n_positions"], d),
+         "transformer.ln_f.weight": 1 + normal(d, s=0.3), "transformer.ln_f.bias": normal(d)}
+    for l in range(L):
+        p = f"transformer.h.{l}."
+        t.update({
+            p + "ln_1.weight": 1 + normal(d, s=0.3), p + "ln_1.bias": normal(d),
+            p + "attn.c_attn.weight": normal(d, 3 * d), p + "attn.c_attn.bias": normal(3 * d),
+            p + "attn.c_proj.weight": normal(d, d), p + "attn.c_proj.bias": normal(d),
+            p + "ln_2.weight": 1 + normal(d, s=0.3), p + "ln_2.bias": normal(d),
+            p + "mlp.c_fc.weight": normal(d, m), p + "mlp.c_fc.bias": normal(m),
+            p + "mlp.c_proj.weight": normal(m, d), p + "mlp.c_proj.bias": normal(d),
+        })
+    if config.get("tie_word_embeddings") is False:
+        t["lm_head.weight"] = normal(V, d)
     return t
 
 
@@ -116,12 +178,12 @@ def write_raw_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]
     Path(path).write_bytes(len(text).to_bytes(8, "little") + text + b"".join(blobs))
 
 
-def small_model(folder: str | Path, dtype: str = "float64", seed: int = 5):
-    """The tests' small random GPT-Neo (3 layers of 2 heads, d_model 16, d_mlp 24, window 4, vocabulary 61),
-    written to ``folder`` and loaded, both in ``dtype``."""
+def small_model(folder: str | Path, dtype: str = "float64", seed: int = 5, family: str = "gpt_neo"):
+    """The tests' small random model (3 layers of 2 heads, d_model 16, d_mlp 24, vocabulary 61; GPT-Neo with
+    window 4, or GPT-2), written to ``folder`` and loaded, both in ``dtype``."""
     import refimpl
 
-    config = gpt_neo_config(vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
+    config = family_config(family, vocab=61, d_model=16, n_layers=3, n_heads=2, window=4, d_mlp=24)
     return refimpl.load(write_checkpoint(folder, config, random_tensors(config, seed=seed), dtype=dtype), dtype=dtype)
 
 

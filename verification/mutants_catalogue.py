@@ -27,12 +27,14 @@ T_VER = "tests/test_verification.py"
 T_LOAD = "tests/test_loading.py"
 T_BOUND = "tests/test_verdict_boundaries.py"
 T_RESUME_ALL = "tests/test_resume_every_activation.py"
+T_GPT2 = "tests/test_gpt2.py"
 
 OPS, MODEL, TRACE, WEIGHTS = "refimpl/ops.py", "refimpl/model.py", "refimpl/trace.py", "refimpl/weights.py"
 JAC, PROP, SCAN = "refimpl/jacobians.py", "refimpl/propagation.py", "refimpl/scan.py"
 ANALYSIS, OBS, RECORDS = "refimpl/analysis.py", "refimpl/observables.py", "refimpl/records.py"
 CASE, EXP = "refimpl/case_study.py", "refimpl/experiments.py"
 VERDICTS = "refimpl/verdicts.py"
+STRUCTURE, GPT2 = "refimpl/families/base.py", "refimpl/families/gpt2.py"
 
 CATALOGUE: list[Mutant] = [
     # ------------------------------------------------------------ ops: the forward operators
@@ -123,8 +125,8 @@ CATALOGUE: list[Mutant] = [
            'return ops.linear(resid if position is None else resid[:, position], self.weights["unembed.W_U"])',
            "logits read from the residual without ln_final", (T_FORWARD,)),
     Mutant("fwd-query-uses-W_K", MODEL,
-           "ops.split_heads(ops.linear(x, flat.W_Q), H)",
-           "ops.split_heads(ops.linear(x, flat.W_K), H)",
+           "ops.split_heads(ops.linear(x, flat.W_Q, flat.b_Q), H)",
+           "ops.split_heads(ops.linear(x, flat.W_K, flat.b_K), H)",
            "queries computed with W_K (copy-paste)", (T_FORWARD, T_TARGETS)),
     Mutant("fwd-window-ignored", MODEL,
            "self._mask(x.shape[1], self.config.window(layer))",
@@ -134,6 +136,44 @@ CATALOGUE: list[Mutant] = [
            'weights["unembed.W_U"] = (get("lm_head.weight") if "lm_head.weight" in by_name else weights["embed.W_E"]).T',
            'weights["unembed.W_U"] = weights["embed.W_E"].T',
            "an explicit (untied) lm_head.weight is ignored: always tied to wte", (T_LOAD,)),
+
+    # ------------------------------------------------------------ GPT-2: its config, its conversion, its scale
+    Mutant("gpt2-scale-dropped", GPT2,
+           'base = d_head ** 0.5 if _flag(raw, "scale_attn_weights", True) else 1.0',
+           "base = 1.0",
+           "GPT-2 attention scores not divided by sqrt(d_head) (the GPT-Neo habit carried over)", (T_GPT2,)),
+    Mutant("ops-divisor-ignored", OPS,
+           "        scores /= divisor\n",
+           "        scores = scores\n",
+           "the attention divisor is computed but never applied", (T_GPT2, T_FORWARD)),
+    Mutant("gpt2-c-proj-transposed", GPT2,
+           't + "attn.W_O": get(p + "attn.c_proj.weight").reshape(H, dh, d)',
+           't + "attn.W_O": get(p + "attn.c_proj.weight").T.reshape(H, dh, d)',
+           "Conv1D c_proj read as an nn.Linear [out, in] (square, so no shape error)", (T_GPT2,)),
+    Mutant("gpt2-qk-split-swapped", GPT2,
+           't + "attn.W_Q": per_head_in(qkv, 0), t + "attn.W_K": per_head_in(qkv, 1)',
+           't + "attn.W_Q": per_head_in(qkv, 1), t + "attn.W_K": per_head_in(qkv, 0)',
+           "c_attn split in the order k, q, v instead of q, k, v", (T_GPT2,)),
+    Mutant("gpt2-heads-interleaved", GPT2,
+           "return w[:, part * d:(part + 1) * d].reshape(d, H, dh).transpose(1, 0, 2)",
+           "return w[:, part * d:(part + 1) * d].reshape(d, dh, H).transpose(2, 0, 1)",
+           "head h read from every H-th column instead of columns h*dh:(h+1)*dh", (T_GPT2,)),
+    Mutant("gpt2-value-bias-dropped", GPT2,
+           '            t + "attn.b_V": per_head_bias(qkv_bias, 2),\n',
+           "",
+           "the value bias b_V dropped (q and k biases kept)", (T_GPT2,)),
+    Mutant("gpt2-scale-by-layer-always", GPT2,
+           'by_layer = _flag(raw, "scale_attn_by_inverse_layer_idx", False)',
+           'by_layer = _flag(raw, "scale_attn_by_inverse_layer_idx", True)',
+           "scores divided by layer + 1 when the config does not ask for it", (T_GPT2,)),
+    Mutant("gpt2-scale-by-layer-ignored", GPT2,
+           "base * (layer + 1) if by_layer else base",
+           "base",
+           "scale_attn_by_inverse_layer_idx read but not applied", (T_GPT2,)),
+    Mutant("gpt2-frozen-block-no-value-bias", JAC,
+           "+ b_O + _value_bias_out(model, layer)\n    return mid",
+           "+ b_O\n    return mid",
+           "the frozen-attention block forgets sum_h b_V[h] W_O[h] (GPT-2's value bias)", (T_JAC, T_VER)),
 
     # ------------------------------------------------------------ trace and edits
     Mutant("trace-edit-not-applied", TRACE,
@@ -181,20 +221,20 @@ CATALOGUE: list[Mutant] = [
            "0.5 * (1.0 + t) + x * (1.0 - t * t)",
            "gelu_new' drops the 1/2 of the second term", (T_JAC,)),
     Mutant("jac-mlp-vjp-gelu-not-derivative", JAC,
-           "return ops.linear(ops.linear(g, W_out.T) * gelu_new_derivative(pre), W_in.T)",
-           "return ops.linear(ops.linear(g, W_out.T) * ops.gelu_new(pre), W_in.T)",
+           "return ops.linear(ops.linear(g, W_out.T) * df(pre), W_in.T)",
+           "return ops.linear(ops.linear(g, W_out.T) * f(pre), W_in.T)",
            "MLP VJP multiplies by gelu instead of gelu'", (T_JAC,)),
     Mutant("jac-mlp-jvp-tangent-bias", JAC,
-           "return ops.linear(ops.linear(u, W_in) * gelu_new_derivative(pre), W_out)",
-           "return ops.linear(ops.linear(u, W_in, b_in) * gelu_new_derivative(pre), W_out)",
+           "return ops.linear(ops.linear(u, W_in) * df(pre), W_out)",
+           "return ops.linear(ops.linear(u, W_in, b_in) * df(pre), W_out)",
            "MLP JVP adds the bias to the tangent", (T_JAC,)),
     Mutant("jac-block-vjp-A-not-transposed", JAC,
            "g_ln1 = ((A.transpose(0, 2, 1) @ (g_mid",
            "g_ln1 = ((A @ (g_mid",
            "frozen-block VJP applies the attention pattern instead of its transpose", (T_VER, T_JAC)),
     Mutant("jac-block-vjp-no-skip", JAC,
-           "g_mid = G + layer_norm_vjp(mid, w2, eps, mlp_vjp(x2, W_in, b_in, W_out, G))",
-           "g_mid = layer_norm_vjp(mid, w2, eps, mlp_vjp(x2, W_in, b_in, W_out, G))",
+           "g_mid = G + layer_norm_vjp(mid, w2, eps, mlp_vjp(x2, W_in, b_in, W_out, G, model.activation))",
+           "g_mid = layer_norm_vjp(mid, w2, eps, mlp_vjp(x2, W_in, b_in, W_out, G, model.activation))",
            "frozen-block VJP drops the MLP's skip connection", (T_VER, T_JAC)),
     Mutant("jac-frozen-block-ln1-is-ln2", JAC,
            'return (W[p + "ln1.w"], W[p + "ln1.b"], W[p + "attn.W_V"]',
@@ -203,15 +243,15 @@ CATALOGUE: list[Mutant] = [
            (T_TARGETS, T_VER, T_JAC)),
 
     # ------------------------------------------------------------ observable propagation
-    Mutant("prop-mlp-uses-ln1", PROP,
-           'return f"blocks.{self.layer}.ln1" if self.kind == "attn" else f"blocks.{self.layer}.ln2"',
-           'return f"blocks.{self.layer}.ln1"',
+    Mutant("prop-mlp-uses-ln1", STRUCTURE,
+           'return f"blocks.{layer}.ln1" if kind == "attn" else f"blocks.{layer}.ln2"',
+           'return f"blocks.{layer}.ln1"',
            "MLP nodes use ln_1 (the authors' code's swap)", (T_PROP,)),
-    Mutant("prop-ln2-input-resid-pre", PROP,
+    Mutant("prop-ln2-input-resid-pre", STRUCTURE,
            'names[f"blocks.{layer}.ln2"] = f"blocks.{layer}.hook_resid_mid"',
            'names[f"blocks.{layer}.ln2"] = f"blocks.{layer}.hook_resid_pre"',
            "ln_2's input taken from resid_pre instead of resid_mid", (T_PROP, T_EXP)),
-    Mutant("prop-ln-final-input-resid-mid", PROP,
+    Mutant("prop-ln-final-input-resid-mid", STRUCTURE,
            'names["ln_final"] = f"blocks.{n_layers - 1}.hook_resid_mid"'.replace("mid", "post"),
            'names["ln_final"] = f"blocks.{n_layers - 1}.hook_resid_mid"',
            "ln_final's input taken from the last block's resid_mid", (T_PROP, T_EXP)),
@@ -277,7 +317,7 @@ CATALOGUE: list[Mutant] = [
 
     # ------------------------------------------------------------ virtual-head scan and beam search
     Mutant("scan-gram-no-ln-weight", SCAN,
-           'weight = np.sqrt(d) * model.weights[f"blocks.{l1}.ln1.w"] if layernorm == "estimate" else None',
+           'weight = np.sqrt(d) * model.weights[ln + ".w"] if layernorm == "estimate" else None',
            "weight = None",
            "scan (estimate) Gram matrix without sqrt(d) gamma of the earliest head's ln_1", (T_TARGETS, T_PROP)),
     Mutant("scan-skips-a-layer", SCAN,
@@ -387,7 +427,7 @@ CATALOGUE: list[Mutant] = [
            "    return error.T\n",
            "Table 4 transposed (rows = target groups)", (T_EXP, T_CASE)),
     Mutant("exp-table1-scores-from-ln2", EXP,
-           'x = trace[f"blocks.{layer}.ln1.hook_normalized"]',
+           'x = trace[model.structure.sublayer_input("attn", layer)]',
            'x = trace[f"blocks.{layer}.hook_resid_mid"]',
            "Table 1 scores taken from the residual after attention (ln_2's input) instead of ln_1's output",
            (T_EXP, T_CASE)),
@@ -511,7 +551,7 @@ CATALOGUE: list[Mutant] = [
            "patched[:, t] += change[h, :, -1]",
            "per-position activation patching patches the last position's change", (T_EXP,)),
     Mutant("exp-activation-patch-no-downstream", EXP,
-           'scores = model.run_from(f"blocks.{l}.hook_resid_mid", stacked, names=(), logits_at=-1)[0] @ observable.vocab',
+           'scores = model.run_from(reentry, stacked, names=(), logits_at=-1)[0] @ observable.vocab',
            'scores = model.run_from(f"blocks.{cfg.n_layers - 1}.hook_resid_mid", stacked, names=(), logits_at=-1)[0] '
            '@ observable.vocab',
            "activation patching skips the layers between the patched head and the last block", (T_EXP,)),

@@ -12,7 +12,7 @@ import refimpl
 from refimpl import jacobians as J
 from refimpl import ops
 
-from . import errata, linearized, theorems
+from . import errata, linearized, raw_heads, theorems
 from .checks import Check, measurement, relative_check, skipped
 from .derivatives import check_adjoint, check_dense, check_jvp
 from .tolerances import TOLERANCES, tolerance
@@ -216,16 +216,18 @@ def block_adjoint_at_width(d: int, n_heads: int, d_mlp: int, n_tokens: int, seed
     on random weights held by a minimal stand-in for a model."""
     from types import SimpleNamespace
 
+    from refimpl.families import GELU_NEW
+
     rng = np.random.default_rng(seed)
     dh = d // n_heads
     weights = {"blocks.0.ln1.w": 1 + 0.2 * rng.normal(size=d), "blocks.0.ln1.b": 0.1 * rng.normal(size=d),
                "blocks.0.attn.W_V": rng.normal(size=(n_heads, d, dh)) / np.sqrt(d),
                "blocks.0.attn.W_O": rng.normal(size=(n_heads, dh, d)) / np.sqrt(dh),
-               "blocks.0.attn.b_O": 0.1 * rng.normal(size=d),
+               "blocks.0.attn.b_O": 0.1 * rng.normal(size=d), "blocks.0.attn.b_V": 0.1 * rng.normal(size=(n_heads, dh)),
                "blocks.0.ln2.w": 1 + 0.2 * rng.normal(size=d), "blocks.0.ln2.b": 0.1 * rng.normal(size=d),
                "blocks.0.mlp.W_in": rng.normal(size=(d, d_mlp)) / np.sqrt(d), "blocks.0.mlp.b_in": rng.normal(size=d_mlp),
                "blocks.0.mlp.W_out": rng.normal(size=(d_mlp, d)) / np.sqrt(d_mlp), "blocks.0.mlp.b_out": rng.normal(size=d)}
-    model = SimpleNamespace(weights=weights, config=SimpleNamespace(eps=1e-5))
+    model = SimpleNamespace(weights=weights, config=SimpleNamespace(eps=1e-5), activation=GELU_NEW)
     A = np.tril(rng.random((n_heads, n_tokens, n_tokens)))
     A /= A.sum(-1, keepdims=True)
     X, U, G = (rng.normal(size=(n_tokens, d)) for _ in range(3))
@@ -244,13 +246,11 @@ def propagation_checks(model, ids) -> list[Check]:
     cfg = model.config
     L, H, d, dh = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_model // cfg.n_heads
     raw = errata.raw_tensors(model)
-    u = raw.get("lm_head.weight", raw["transformer.wte.weight"]).T @ obs.vocab.astype(np.float64)
+    u = raw_heads.unembedding(raw).T @ obs.vocab.astype(np.float64)
     M = np.empty((L, H, d, d))  # column-convention OV: head output = M x
     for l in range(L):
-        V = raw[f"transformer.h.{l}.attn.attention.v_proj.weight"]
-        O = raw[f"transformer.h.{l}.attn.attention.out_proj.weight"]
         for h in range(H):
-            M[l, h] = O[:, h * dh:(h + 1) * dh] @ V[h * dh:(h + 1) * dh]
+            M[l, h] = raw_heads.dense_ov(raw, l, h, dh)
     dense = np.einsum("lhij,i->lhj", M, u)  # M^T u
     checks = [relative_check("propagation: head_features vs dense W_OV^T W_U^T n from raw checkpoint tensors",
                              refimpl.head_features(model, obs), dense, same, group="propagation")]

@@ -1,6 +1,6 @@
 """The torch backend (optional: torch + transformers). Three independent checks of the oracle:
 
-(a) forward: transformers' GPTNeoForCausalLM in float64 (its float32 q/k cast neutralised) vs the oracle;
+(a) forward: transformers' GPTNeoForCausalLM or GPT2LMHeadModel in float64 (its float32 q/k cast neutralised) vs the oracle;
 (b) path features: torch autograd of n . logits along a path built from the transformers module graph
     alone (h[l].ln_1 feeds attention l, h[l].ln_2 feeds h[l].mlp, LayerNorm inputs captured by hooks on a
     real run, MLP points by the reference's own bisection), vs ``refimpl.propagate`` in exact-LayerNorm mode;
@@ -39,6 +39,45 @@ def forward_checks(model, ids, tolerance: float) -> list[Check]:
         checks.append(relative_check(f"torch (a): residual {name} vs transformers float64", trace[name], expected,
                                      tolerance, group="torch"))
     return checks
+
+
+# ------------------------------------------------------------------ one head's weights in transformers' own modules
+# GPT-Neo: nn.Linear [out, in], separate v_proj / out_proj. GPT-2: Conv1D [in, out], fused c_attn (q | k | v).
+def _value_output(peer, layer: int, head: int):
+    """(W_v [dh, d], W_o [d, dh]) of one head, column convention (v = W_v x, out = W_o z), from the modules."""
+    cfg, dh = peer.config, peer.config.hidden_size // peer.config.num_attention_heads
+    rows = slice(head * dh, (head + 1) * dh)
+    if cfg.model_type == "gpt2":
+        attn, d = peer.transformer.h[layer].attn, cfg.hidden_size
+        return attn.c_attn.weight[:, 2 * d + head * dh:2 * d + (head + 1) * dh].T, attn.c_proj.weight[rows].T
+    att = peer.transformer.h[layer].attn.attention
+    return att.v_proj.weight[rows], att.out_proj.weight[:, rows]
+
+
+def _head_input_hooks(peer, layer: int, head: int, source: int, delta) -> list:
+    """Forward hooks adding ``delta``'s image to head ``head``'s query, key and value at token ``source`` (the
+    head's input moved by delta, nothing else); returns the handles."""
+    cfg, dh = peer.config, peer.config.hidden_size // peer.config.num_attention_heads
+    if cfg.model_type == "gpt2":
+        d, c_attn = cfg.hidden_size, peer.transformer.h[layer].attn.c_attn
+        cols = [slice(part * d + head * dh, part * d + (head + 1) * dh) for part in range(3)]
+
+        def fused(module, inputs, output):
+            out = output.clone()
+            for c in cols:
+                out[0, source, c] = out[0, source, c] + delta @ module.weight[:, c]
+            return out
+        return [c_attn.register_forward_hook(fused)]
+    attention = peer.transformer.h[layer].attn.attention
+    handles = []
+    for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
+        def hook(module, inputs, output):
+            out = output.clone()
+            rows_ = slice(head * dh, (head + 1) * dh)
+            out[0, source, rows_] = out[0, source, rows_] + delta @ module.weight[rows_].T
+            return out
+        handles.append(proj.register_forward_hook(hook))
+    return handles
 
 
 def capture_module_inputs(peer, ids) -> dict:
@@ -81,7 +120,6 @@ def torch_path_reference(peer, observable, path, ids, mlp_pair_ids=None, mlp_fal
     nodes = read_path(path)
     blocks = peer.transformer.h
     cfg = peer.config
-    dh = cfg.hidden_size // cfg.num_heads
     points = capture_module_inputs(peer, ids)
     pair = capture_module_inputs(peer, mlp_pair_ids) if mlp_pair_ids is not None else {}
     with torch.no_grad():
@@ -97,9 +135,7 @@ def torch_path_reference(peer, observable, path, ids, mlp_pair_ids=None, mlp_fal
     def node_out(node, ln_input):
         kind, layer, head = node
         if kind == "attn":
-            att = blocks[layer].attn.attention
-            W_v = att.v_proj.weight[head * dh:(head + 1) * dh]  # [dh, d]: v = W_v x
-            W_o = att.out_proj.weight[:, head * dh:(head + 1) * dh]  # [d, dh]
+            W_v, W_o = _value_output(peer, layer, head)  # [dh, d], [d, dh]: v = W_v x (its bias is no direction)
             return W_o @ (W_v @ ln_of(kind, layer)(ln_input))
         ln = ln_of(kind, layer)
         return blocks[layer].mlp(mlp_at[layer] + ln(ln_input) - ln(point(kind, layer)))
@@ -169,20 +205,12 @@ def full_gradient_capture(model, observable, ids, position: int | None = None) -
     dh = cfg.d_head
     rows = []
     for layer in range(cfg.n_layers):
-        attention = peer.transformer.h[layer].attn.attention
         features = refimpl.propagation.head_feature_layer(oracle, layer, u)
         for head in range(cfg.n_heads):
             pattern_row = trace[f"blocks.{layer}.attn.hook_pattern"][0, head, -1]
             source = int(np.argmax(pattern_row)) if position is None else position
             delta = torch.zeros(cfg.d_model, dtype=torch.float64, requires_grad=True)
-            handles = []
-            for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
-                def hook(module, inputs, output, proj=proj):
-                    out = output.clone()
-                    rows_ = slice(head * dh, (head + 1) * dh)
-                    out[0, source, rows_] = out[0, source, rows_] + delta @ proj.weight[rows_].T
-                    return out
-                handles.append(proj.register_forward_hook(hook))
+            handles = _head_input_hooks(peer, layer, head, source, delta)
             try:
                 with exact_attention():
                     logits = peer(ids_t).logits

@@ -6,10 +6,10 @@ import argparse
 import sys
 import time
 
-from .argparsing import OneLineParser
-from .errors import RefimplError
-from .lens import layer_lens, top_tokens
-from .loading import load
+from refimpl.commands.argparsing import OneLineParser
+from refimpl.errors import RefimplError
+from refimpl.oracle.lens import layer_lens, top_tokens
+from refimpl.loading import load
 
 DEFAULT_PROMPT = "<|endoftext|>So, John really is a great friend, isn't"
 

@@ -6,13 +6,13 @@ import os
 
 import numpy as np
 
-from .checkpoint import DEFAULT_MODEL, open_safetensors, resolve_source
-from .config import load_config
-from .errors import InputError
-from .families import family
-from .families.checkpoint_keys import normalise_key
-from .model import Model
-from .tokenizer import Tokenizer
+from refimpl.sources.checkpoint import DEFAULT_MODEL, open_safetensors, resolve_source
+from refimpl.oracle.config import load_config
+from refimpl.errors import InputError
+from refimpl.families import family
+from refimpl.families.checkpoint_keys import normalise_key
+from refimpl.oracle.model import Model
+from refimpl.oracle.tokenizer import Tokenizer
 
 COMPUTE_DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 

@@ -62,19 +62,28 @@ class Table:
         def fmt(v):
             return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
-        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(fmt(row.get(c)) for c in self.columns) + " |" for row in self.rows]
-        return "\n".join(lines)
+        return markdown_table(self.columns, [[fmt(row.get(c)) for c in self.columns] for row in self.rows])
 
     def __repr__(self) -> str:
         return f"Table({len(self)} rows, columns={self.columns})"
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence], escape: bool = False) -> str:
+    """The project's one Markdown table writer: ``| a | b |``, ``|---|---|``, one line per row of cells (already
+    formatted; ``escape``: a "|" inside a cell, as in |x|, is written \\| so that it does not end the cell)."""
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|") if escape else str(value)
+
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def head_table(values: np.ndarray, name: str = "value", descending: bool = True) -> Table:
     """A [n_layers, n_heads] array as rows (label, layer, head, name), sorted by value."""
     values = np.asarray(values)
     if values.ndim != 2 or values.dtype.kind not in "iuf":
-        from .errors import InputError
+        from refimpl.errors import InputError
 
         raise InputError(f"head_table needs a real [n_layers, n_heads] array, got shape {values.shape} "
                          f"dtype {values.dtype}")

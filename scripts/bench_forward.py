@@ -31,7 +31,7 @@ SHAPES = {  # d_model, layers, heads (vocab 50257; GPT-Neo: 2048 positions, wind
 
 def checkpoint(shape: str, cache: Path) -> Path:
     """A random-weight float32 checkpoint of ``shape`` under ``cache`` (created once with transformers)."""
-    from refimpl.tokenizer_files import declare_vocabulary
+    from refimpl.oracle.tokenizer_files import declare_vocabulary
 
     folder = cache / (f"{shape}-random" if shape.startswith("gpt2") else f"gpt-neo-{shape}-random")
     if (folder / "model.safetensors").exists():

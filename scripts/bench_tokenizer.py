@@ -18,7 +18,7 @@ import random
 import string
 import time
 
-from refimpl.tokenizer import PRETOKENIZE, gpt2_tokenizer
+from refimpl.oracle.tokenizer import PRETOKENIZE, gpt2_tokenizer
 
 
 def old_bpe(ranks: dict, chunk: str) -> tuple[str, ...]:

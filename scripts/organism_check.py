@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import refimpl  # noqa: E402
-from refimpl.organism_check import check, report  # noqa: E402
+from refimpl.case_study.organism_check import check, report  # noqa: E402
 
 
 def main() -> int:

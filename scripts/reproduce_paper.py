@@ -22,9 +22,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import refimpl  # noqa: E402
-from refimpl import case_study, experiments as ex, paper  # noqa: E402
+from refimpl.case_study import pipeline as case_study  # noqa: E402
+from refimpl import experiments as ex
+from refimpl.case_study import paper
 
-PAPER = {  # the printed numbers, from refimpl/paper.py (one place for the whole project)
+PAPER = {  # the printed numbers, from refimpl/case_study/paper.py (one place for the whole project)
     "norms_subj": paper.NORMS_SUBJ, "norms_obj": paper.NORMS_OBJ, "norms_ln_subj": paper.NORMS_LN_SUBJ,
     "norms_ln_obj": paper.NORMS_LN_OBJ, "cosine": paper.COSINE_SUBJ_OBJ, "patch_subj": paper.PATCH_SUBJ,
     "patch_obj": paper.PATCH_OBJ, "table1": paper.TABLE1, "svd_17.14_subj": paper.SVD_17_14_SUBJ,
@@ -79,7 +81,7 @@ def main() -> None:
         # the authors' convention: ln_2's gain on attention nodes, ln_f's gain applied on the input side
         u = obs[name].residual / ln["ln_final"]
         authors = np.stack([np.linalg.norm(np.sqrt(d) * model.weights[f"blocks.{l}.ln2.w"] * model.weights["ln_final.w"]
-                                           * np.sqrt(d) * refimpl.propagation.head_feature_layer(model, l, u), axis=-1)
+                                           * np.sqrt(d) * refimpl.propagation.propagate.head_feature_layer(model, l, u), axis=-1)
                             for l in range(cfg.n_layers)])
         show(f"6.5 feature norms, n_{name}, with LayerNorm", [(h, float(with_ln[head(h)]), float(authors[head(h)]), v)
                                                              for h, v in PAPER[f"norms_ln_{name}"].items()],

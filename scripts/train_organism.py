@@ -21,9 +21,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from refimpl import organism  # noqa: E402
-from refimpl.tokenizer import gpt2_tokenizer  # noqa: E402
-from refimpl.tokenizer_files import declare_vocabulary  # noqa: E402
+from refimpl.organism import world as organism  # noqa: E402
+from refimpl.oracle.tokenizer import gpt2_tokenizer  # noqa: E402
+from refimpl.oracle.tokenizer_files import declare_vocabulary  # noqa: E402
 
 ARCHITECTURE = dict(  # GPT-Neo shape of the organism
     vocab_size=50257, hidden_size=64, num_layers=4, num_heads=4,

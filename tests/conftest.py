@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
-from verification.strategies import load_profile
+from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.policy.strategies import load_profile
 
 load_profile()  # hypothesis: "default" (derandomized) unless REFIMPL_HYPOTHESIS_PROFILE=long
 

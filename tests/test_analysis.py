@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import refimpl
-from verification.fixtures import FAMILIES
+from verification.references.fixtures import FAMILIES
 from refimpl import InputError
-from verification.tolerances import relative_error, tolerance
+from verification.policy.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
 rng = np.random.default_rng(0)
@@ -41,7 +41,7 @@ def test_theorem2_formulas_match_an_explicit_maximiser():
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def model(request, tmp_path_factory):
-    from verification.fixtures import family_config, random_tensors, write_checkpoint
+    from verification.references.fixtures import family_config, random_tensors, write_checkpoint
 
     config = family_config(request.param, vocab=61, d_model=16, n_layers=2, n_heads=2)
     folder = write_checkpoint(tmp_path_factory.mktemp("an"), config, random_tensors(config, seed=6), dtype="float64")

@@ -6,13 +6,13 @@ import resource
 
 import pytest
 
-from refimpl import model as model_module
+from refimpl.oracle import memory as model_module
 
 INFINITY = resource.RLIM_INFINITY
 
 
 class FakeFiles:
-    """``open`` and ``Path`` for refimpl.model that read from a dict of path -> text."""
+    """``open`` and ``Path`` for refimpl.oracle.memory that read from a dict of path -> text."""
 
     def __init__(self, monkeypatch, files, rlimit=INFINITY):
         self.files = files

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl import case_study, cli
+from refimpl.case_study import pipeline as case_study
+from refimpl.commands import cli
 from refimpl import experiments as ex
-from refimpl import ops
-from refimpl.organism_check import check
-from verification.tolerances import relative_error, tolerance
+from refimpl.oracle import ops
+from refimpl.case_study.organism_check import check
+from verification.policy.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from refimpl.checkpoint import read_index, shard_name_problem
+from refimpl.sources.checkpoint import read_index, shard_name_problem
 from refimpl.errors import CheckpointError
 
 SEPARATOR = "contains a path separator (shards must sit in the model folder itself)"
@@ -84,14 +84,14 @@ def test_hub_needs_huggingface_hub(monkeypatch):
 # ------------------------------------------------------------------ how a folder's safetensors are found
 @pytest.fixture
 def checkpoint(tmp_path):
-    from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+    from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint
 
     config = gpt_neo_config(vocab=11, d_model=8, n_layers=1, n_heads=2, window=4, n_ctx=8)
     return write_checkpoint(tmp_path / "ckpt", config, random_tensors(config, seed=3))
 
 
 def test_files_are_memory_mapped_unless_asked(checkpoint):
-    from refimpl.checkpoint import open_safetensors
+    from refimpl.sources.checkpoint import open_safetensors
 
     assert {f.mmap for f in open_safetensors(checkpoint).values()} == {True}
     assert {f.mmap for f in open_safetensors(checkpoint, mmap=False).values()} == {False}
@@ -129,7 +129,7 @@ def test_an_unlistable_folder_is_named(checkpoint, monkeypatch):
 
 
 def _sharded(tmp_path):
-    from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+    from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint
 
     config = gpt_neo_config(vocab=11, d_model=8, n_layers=1, n_heads=2, window=4, n_ctx=8)
     folder = write_checkpoint(tmp_path / "sharded", config, random_tensors(config, seed=3), shards=2)
@@ -231,7 +231,7 @@ def test_an_unusable_path_is_named(tmp_path):
 
 def test_a_bundled_model_missing_from_the_package_is_named(tmp_path, monkeypatch):
     import refimpl
-    from refimpl import checkpoint
+    from refimpl.sources import checkpoint
 
     monkeypatch.setitem(checkpoint.BUNDLED, "gone", tmp_path)
     with pytest.raises(CheckpointError) as info:

@@ -1,8 +1,8 @@
 import pytest
 
 from refimpl import ConfigError, config_from_dict
-from refimpl.config import expand_attention_types
-from verification.fixtures import gpt_neo_config
+from refimpl.families.gpt_neo import expand_attention_types
+from verification.references.fixtures import gpt_neo_config
 
 
 def test_attention_types_expand_per_layer():

@@ -13,8 +13,8 @@ import pytest
 import refimpl
 from refimpl.errors import ConformanceError
 from verification import conformance
-from verification.tolerances import tolerance
-from verification.fixtures import FAMILIES, family_config, exactly as _exactly, gpt_neo_config, random_tensors, write_checkpoint
+from verification.policy.tolerances import tolerance
+from verification.references.fixtures import FAMILIES, family_config, exactly as _exactly, gpt_neo_config, random_tensors, write_checkpoint
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -1,4 +1,4 @@
-"""Every experiment of ``refimpl.experiments`` against an independent route on the default model.
+"""Every experiment of ``refimpl.case_study.experiments`` against an independent route on the default model.
 
 The references here share no code with the functions under test: prompts are built from the templates'
 text, observables from known GPT-2 token ids, feature vectors from the raw checkpoint tensors (Hugging
@@ -14,11 +14,11 @@ import pytest
 from numpy.polynomial import Polynomial
 
 import refimpl
-from verification import raw_heads
-from refimpl import case_study
+from verification.references import raw_heads
+from refimpl.case_study import pipeline as case_study
 from refimpl import experiments as ex
-from verification import experiment_references as R
-from verification.tolerances import relative_error, tolerance
+from verification.references import experiment_references as R
+from verification.policy.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
 ROOT = tolerance("root_finding", "float64")
@@ -316,7 +316,7 @@ def demo(model, tmp_path_factory):
     """``obsprop demo`` as a user runs it (float32, on this module's organism), without figures."""
     import json
 
-    from refimpl import cli
+    from refimpl.commands import cli
 
     out = tmp_path_factory.mktemp("demo")
     assert cli.main(["demo", "--model", model.source, "--out", str(out), "--no-figures"]) == 0

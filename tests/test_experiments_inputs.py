@@ -7,7 +7,8 @@ import pytest
 import refimpl
 from refimpl import InputError
 from refimpl import experiments as ex
-from verification.fixtures import exactly as _exactly, small_model
+from refimpl.case_study import experiments as clean_runs_module
+from verification.references.fixtures import exactly as _exactly, small_model
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_mlp_segment_samples_41_points_plus_the_boundary_by_default(model, obs):
 def _ln_final_error_by_hand(model, groups, observable):
     """Table 4 from separate runs of every prompt set and the LayerNorm written out (no shared code path
     with the experiment's one-run-per-group reading)."""
-    from refimpl import jacobians as J
+    from refimpl.propagation import jacobians as J
 
     last = f"blocks.{model.config.n_layers - 1}.hook_resid_post"
     W, eps = model.weights, model.config.eps
@@ -69,7 +70,7 @@ def test_ln_final_error_falls_back_to_the_mean_by_default_only(model, obs):
     groups = [(prompts, prompts)]
     error = ex.ln_final_approximation_error(model, groups, obs)
     np.testing.assert_allclose(error, _ln_final_error_by_hand(model, groups, obs), rtol=1e-12, atol=0)
-    with pytest.raises(refimpl.propagation.NoSignChange):
+    with pytest.raises(refimpl.propagation.propagate.NoSignChange):
         ex.ln_final_approximation_error(model, groups, obs, fallback=None)
 
 
@@ -239,7 +240,7 @@ def test_clean_runs_are_kept_most_recently_used_first_and_read_only(model):
     sets = {name: np.array([[i, i + 1, i + 2]]) for i, name in enumerate("ABCDEFGH", start=3)}
 
     def cached():
-        return ["ABCDEFGH"[int(t.ids[0, 0]) - 3] for _, _, t in ex._clean_runs]
+        return ["ABCDEFGH"[int(t.ids[0, 0]) - 3] for _, _, t in clean_runs_module._clean_runs]
 
     ex.clear_clean_runs()
     for name in "ABCD":

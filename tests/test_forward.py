@@ -4,15 +4,16 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl import InputError, ops
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
-from verification.tolerances import relative_error, tolerance
+from refimpl import InputError
+from refimpl.oracle import ops
+from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.policy.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
 
 
 def test_direct_formula_one_global_layer(tmp_path):
-    """The whole model written out densely in float64, independent of refimpl.ops, matches forward()."""
+    """The whole model written out densely in float64, independent of refimpl.oracle.ops, matches forward()."""
     config = gpt_neo_config(vocab=13, d_model=6, n_layers=1, n_heads=2, kinds=["global"], n_ctx=8)
     t = random_tensors(config, seed=3)
     model = refimpl.load(write_checkpoint(tmp_path, config, t, dtype="float64"), dtype="float64")
@@ -190,7 +191,7 @@ def test_float32_model_computes_in_float32(tiny_dir):
                                            # just past a rounding step: the divisors are exactly 1e9 and 1e6
                                            (1_015_000_001, "1.02 GB"), (1_250_001, "1.3 MB")])
 def test_memory_sizes_in_messages(n_bytes, text):
-    from refimpl.model import _size
+    from refimpl.oracle.memory import _size
 
     assert _size(n_bytes) == text
 
@@ -200,7 +201,7 @@ def test_model_repr_names_the_shape(tiny64):
 
 
 def test_no_sign_change_names_the_fallback_argument():
-    from refimpl.propagation import NoSignChange
+    from refimpl.propagation.boundaries import NoSignChange
 
     error = NoSignChange("y . MLP1", 1.0, 2.0)
     assert str(error).endswith("pick a negative and a positive example, or pass fallback='mean' to target the mean value")

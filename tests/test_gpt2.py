@@ -9,8 +9,8 @@ import pytest
 import refimpl
 from refimpl.errors import CheckpointError, ConfigError
 from refimpl.families.gpt2 import config_from_dict
-from verification.fixtures import gpt2_config, random_tensors, write_checkpoint, write_raw_safetensors
-from verification.tolerances import relative_error, tolerance
+from verification.references.fixtures import gpt2_config, random_tensors, write_checkpoint, write_raw_safetensors
+from verification.policy.tolerances import relative_error, tolerance
 
 SHAPES = [
     # (d_model, n_layers, n_heads, d_mlp, seq, batch)
@@ -22,7 +22,7 @@ SHAPES = [
 def _transformers():
     pytest.importorskip("torch", reason="parity tests need torch (pip install -e '.[torch]')")
     pytest.importorskip("transformers", reason="parity tests need transformers (pip install -e '.[torch]')")
-    from verification import torch_peer
+    from verification.peers import torch_peer
 
     return torch_peer
 

@@ -17,9 +17,9 @@ import pytest
 
 import refimpl
 from refimpl import InputError
-from refimpl import model as model_module
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
-from verification.tolerances import relative_error, tolerance
+from refimpl.oracle import memory as model_module
+from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.policy.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +240,7 @@ def test_memory_error_inside_the_run_is_named(tiny64, monkeypatch):
     def exhausted(ids, hooks, position=None):
         raise MemoryError
 
-    monkeypatch.setattr(tiny64, "_run", exhausted)
+    monkeypatch.setattr(tiny64.blocks, "_run", exhausted)
     with pytest.raises(InputError, match=r"token ids: ran out of memory running 3 prompts x 2 tokens .*fewer prompts"):
         tiny64.forward([[1, 2]] * 3)
 
@@ -288,8 +288,8 @@ def test_attention_too_big_unchunked_runs_in_chunks_under_a_memory_limit(tmp_pat
     write_checkpoint(tmp_path, config, random_tensors(config, seed=0), dtype="float64")
     result = _limited_python(f"""
         import numpy as np, refimpl
-        from refimpl import model as model_module
-        from verification.tolerances import relative_error, tolerance
+        from refimpl.oracle import memory as model_module
+        from verification.policy.tolerances import relative_error, tolerance
         model = refimpl.load({str(tmp_path)!r}, dtype="float64")
         ids = np.random.default_rng(0).integers(0, 61, size=(32, 256))
         model.chunk_bytes = 1 << 40
@@ -423,8 +423,8 @@ def test_bad_mlp_points(prop, obs, mlp_pair, make, message):
 def test_fallback_is_checked_first_and_named(prop, obs, mlp_pair, monkeypatch):
     a = mlp_pair[0]
     calls = []
-    monkeypatch.setattr(refimpl.propagation.jacobians, "mlp",
-                        lambda *args, _f=refimpl.propagation.jacobians.mlp: calls.append(1) or _f(*args))
+    monkeypatch.setattr(refimpl.propagation.propagate.jacobians, "mlp",
+                        lambda *args, _f=refimpl.propagation.propagate.jacobians.mlp: calls.append(1) or _f(*args))
     with pytest.raises(InputError, match="mlp_fallback must be None or 'mean', got 'avg'"):
         refimpl.path_feature(prop, obs, ["MLP1"], mlp_points={1: (a, a * 1.0001)}, mlp_fallback="avg")
     with pytest.raises(InputError, match="fallback must be None or 'mean', got True"):
@@ -528,8 +528,8 @@ def test_beam_too_wide_for_memory_is_refused(prop, obs, monkeypatch):
     (lambda m: refimpl.svd_alignment(m, 1, 2, np.ones(16)), "head must be below 2, got 2"),
     (lambda m: refimpl.svd_alignment(m, 1, 1, np.zeros(16)), "feature is the zero vector"),
     (lambda m: refimpl.svd_alignment(m, 1, 1, np.ones(16), k="3"), "k must be an integer"),
-    (lambda m: refimpl.lens.top_tokens(m, np.ones((2, 61))), r"logits must be a 1-D real vector, got shape \(2, 61\)"),
-    (lambda m: refimpl.lens.lens_logits(m, np.ones(5)), r"resid must be a real array \[..., 16\]"),
+    (lambda m: refimpl.oracle.lens.top_tokens(m, np.ones((2, 61))), r"logits must be a 1-D real vector, got shape \(2, 61\)"),
+    (lambda m: refimpl.oracle.lens.lens_logits(m, np.ones(5)), r"resid must be a real array \[..., 16\]"),
     (lambda m: refimpl.head_table(np.ones(4)), r"head_table needs a real \[n_layers, n_heads\] array"),
     (lambda m: refimpl.compare_features(np.ones((3, 2, 16)), np.ones((3, 2, 15))), "feature tables must both be"),
 ])
@@ -561,5 +561,5 @@ def test_theorem2_expectation_checks_too():
 
 def test_beam_search_no_sign_change_names_mlp_fallback(prop, obs, mlp_pair):
     a = mlp_pair[0]
-    with pytest.raises(refimpl.propagation.NoSignChange, match=r"y . MLP1 has no sign change.*pass mlp_fallback='mean'"):
+    with pytest.raises(refimpl.propagation.propagate.NoSignChange, match=r"y . MLP1 has no sign change.*pass mlp_fallback='mean'"):
         refimpl.beam_search_paths(prop, obs, max_length=1, mlp_points={1: (a, a * 1.0001)})

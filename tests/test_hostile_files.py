@@ -2,7 +2,7 @@
 
 Cases that could hang (FIFOs) or allocate without bound run in a child interpreter under RLIMIT_AS
 (2 GB) and a timeout (``isolated``), so a regression fails instead of stalling CI. The fuzzers mutate
-valid files (hypothesis profiles of verification/strategies.py: 40 examples each by default, 1000
+valid files (hypothesis profiles of verification/policy/strategies.py: 40 examples each by default, 1000
 with REFIMPL_HYPOTHESIS_PROFILE=long): each mutant loads or raises a RefimplError, nothing else.
 """
 
@@ -29,8 +29,8 @@ import refimpl.errors
 from refimpl import CheckpointError, ConfigError, InputError, RefimplError
 from refimpl.errors import ConformanceError
 from verification import conformance
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint, write_raw_safetensors
-from verification.strategies import mutated_bytes, mutated_json
+from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint, write_raw_safetensors
+from verification.policy.strategies import mutated_bytes, mutated_json
 
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_LIMIT = 2 * 1024**3
@@ -457,7 +457,7 @@ def test_finite_check_is_chunked_and_cheap(tmp_path):
     import time
     import tracemalloc
 
-    from refimpl.safetensors_reader import SafetensorsFile
+    from refimpl.sources.safetensors_reader import SafetensorsFile
 
     big = np.ones(16 * 1024 * 1024, np.float32)
     write_raw_safetensors(tmp_path / "big.safetensors", {"w": ("F32", big)})
@@ -713,7 +713,7 @@ def test_torch_peer_uses_safetensors_only(tmp_path):
     pytest.importorskip("transformers")
     import pickle
 
-    from verification.torch_peer import load_peer, make_random_checkpoint
+    from verification.peers.torch_peer import load_peer, make_random_checkpoint
 
     folder = make_random_checkpoint(tmp_path / "peer", n_layers=1, d_model=8, n_heads=2, vocab=11, n_ctx=8)
     marker = tmp_path / "unpickled"

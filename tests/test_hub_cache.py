@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN, V1 = "a" * 40, "b" * 40
@@ -230,7 +230,7 @@ def test_pickled_folder_and_file_are_refused_with_the_conversion_command(tmp_pat
 
     folder = tmp_path / "pickled"
     folder.mkdir()
-    from refimpl.checkpoint import BUNDLED, DEFAULT_MODEL
+    from refimpl.sources.checkpoint import BUNDLED, DEFAULT_MODEL
 
     shutil.copy(BUNDLED[DEFAULT_MODEL] / "config.json", folder / "config.json")
     (folder / "pytorch_model.bin").write_bytes(b"not read")

@@ -1,15 +1,16 @@
-"""Observable propagation against references that share no code with it (verification.linearized: the
-model run along a path by complex step; verification.torch_backend: autograd on the transformers module
-graph), and meta-tests: bugs planted in refimpl.propagation by monkeypatching must make them fail."""
+"""Observable propagation against references that share no code with it (verification.references.linearized: the
+model run along a path by complex step; verification.peers.torch_backend: autograd on the transformers module
+graph), and meta-tests: bugs planted in refimpl.propagation.propagate by monkeypatching must make them fail."""
 
 import numpy as np
 import pytest
 
 import refimpl
-import refimpl.propagation as propagation
-from verification.fixtures import FAMILIES, family_config, gpt_neo_config, random_tensors, write_checkpoint
-from verification.linearized import block_vs_model, frozen_path_check, read_path, reference_path_feature
-from verification.tolerances import relative_error, tolerance
+import refimpl.propagation.propagate as propagation
+from refimpl.propagation import layernorms
+from verification.references.fixtures import FAMILIES, family_config, random_tensors, write_checkpoint
+from verification.references.linearized import block_vs_model, frozen_path_check, read_path, reference_path_feature
+from verification.policy.tolerances import relative_error, tolerance
 
 FROZEN, SAME = tolerance("frozen_path", "float64"), tolerance("identity", "float64")
 IDS = np.array([3, 1, 4, 1, 5, 9, 2, 6])
@@ -102,14 +103,14 @@ def test_mlp_nodes_using_ln_1_are_caught(model, obs, mlp_points, monkeypatch):
 
 
 def test_ln_2_inputs_from_resid_pre_are_caught(model, obs, mlp_points, monkeypatch):
-    original = propagation.ln_input_names
+    original = layernorms.ln_input_names
 
     def resid_pre_for_ln2(model_):
         names = original(model_)
         names.update({f"blocks.{l}.ln2": f"blocks.{l}.hook_resid_pre" for l in range(model_.config.n_layers)})
         return names
 
-    monkeypatch.setattr(propagation, "ln_input_names", resid_pre_for_ln2)
+    monkeypatch.setattr(layernorms, "ln_input_names", resid_pre_for_ln2)
     results = checks(model, obs, mlp_points, modes=("exact",))
     assert not results[(("MLP1",), "exact")].passed and not results[(("0.1", "MLP1", "2.0"), "exact")].passed
     assert results[(("1.1",), "exact")].passed  # attention-only paths never read ln_2
@@ -117,11 +118,11 @@ def test_ln_2_inputs_from_resid_pre_are_caught(model, obs, mlp_points, monkeypat
 
 def test_norms_averaged_over_all_tokens_are_caught(model, obs, mlp_points, monkeypatch):
     def all_tokens(model_, ids, position=-1):
-        names = propagation.ln_input_names(model_)
+        names = layernorms.ln_input_names(model_)
         _, trace = model_.run_with_trace(np.atleast_2d(ids), names=sorted(set(names.values())))
         return {ln: float(np.linalg.norm(trace[act], axis=-1).mean()) for ln, act in names.items()}
 
-    monkeypatch.setattr(propagation, "ln_input_norms", all_tokens)
+    monkeypatch.setattr(layernorms, "ln_input_norms", all_tokens)
     monkeypatch.setattr(refimpl, "ln_input_norms", all_tokens)
     results = checks(model, obs, mlp_points, modes=("estimate",))
     assert not any(c.passed for c in results.values())
@@ -148,8 +149,8 @@ def test_latest_node_skipping_the_norm_is_caught(model, obs, mlp_points, monkeyp
 
 def test_swapped_layer_norms_are_caught_by_the_torch_check(model, obs, monkeypatch):
     pytest.importorskip("torch", reason="the torch backend needs torch (pip install -e '.[torch]')")
-    from verification.torch_backend import path_check
-    from verification.torch_peer import load_peer
+    from verification.peers.torch_backend import path_check
+    from verification.peers.torch_peer import load_peer
 
     peer = load_peer(model.path, "float64")
     pair = np.stack([IDS, IDS[::-1]])

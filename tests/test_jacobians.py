@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from refimpl import jacobians as J
-from refimpl import ops
-from verification.derivatives import central_difference_jacobian as central_jacobian
-from verification.derivatives import complex_step_jacobian as complex_jacobian
-from verification.tolerances import relative_error, tolerance
+from refimpl.propagation import jacobians as J
+from refimpl.oracle import ops
+from verification.references.derivatives import central_difference_jacobian as central_jacobian
+from verification.references.derivatives import complex_step_jacobian as complex_jacobian
+from verification.policy.tolerances import relative_error, tolerance
 
 CENTRAL, COMPLEX, SAME = (tolerance(c, "float64") for c in ("central_difference", "complex_step", "identity"))
 
@@ -74,3 +74,22 @@ def test_batched_layer_norm_adjoint(ln_params):
     lhs = (J.layer_norm_jvp(x, w, EPS, u) * g).sum()
     rhs = (u * J.layer_norm_vjp(x, w, EPS, g)).sum()
     assert abs(lhs - rhs) <= SAME * abs(lhs)
+
+
+def test_the_mlp_functions_use_the_activation_they_are_given():
+    """Every MLP function honours its ``activation`` (a family's, e.g. NeoX's exact gelu): with tanh in place of
+    gelu_new the value, JVP, VJP and dense Jacobian are tanh's, checked against the formula and complex step."""
+    from refimpl.families import Activation
+
+    tanh = Activation("tanh", np.tanh, lambda x: 1.0 - np.tanh(x) ** 2)
+    rng = np.random.default_rng(11)
+    d, m = 6, 9
+    W_in, b_in, W_out, b_out = rng.normal(size=(d, m)), rng.normal(size=m), rng.normal(size=(m, d)), rng.normal(size=d)
+    x, u, g = rng.normal(size=d), rng.normal(size=d), rng.normal(size=d)
+    value = J.mlp(x, W_in, b_in, W_out, b_out, tanh)
+    assert relative_error(value, np.tanh(x @ W_in + b_in) @ W_out + b_out) <= SAME
+    assert relative_error(value, J.mlp(x, W_in, b_in, W_out, b_out)) > 1e-3  # not gelu_new
+    dense = complex_jacobian(lambda z: J.mlp(z, W_in, b_in, W_out, b_out, tanh), x)
+    assert relative_error(J.mlp_jacobian(x, W_in, b_in, W_out, tanh), dense) <= tolerance("complex_step", "float64")
+    assert relative_error(J.mlp_jvp(x, W_in, b_in, W_out, u, tanh), dense @ u) <= SAME
+    assert relative_error(J.mlp_vjp(x, W_in, b_in, W_out, g, tanh), dense.T @ g) <= SAME

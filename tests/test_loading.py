@@ -8,7 +8,7 @@ import pytest
 
 import refimpl
 from refimpl import CheckpointError, ConfigError, InputError
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 import refimpl
 from refimpl import InputError
-from verification.fixtures import FAMILIES, family_config, gpt_neo_config, random_tensors, write_checkpoint
+from verification.references.fixtures import FAMILIES, family_config, random_tensors, write_checkpoint
 
 NEG = np.array([3, 1, 4, 1, 5, 9, 2])  # 7 tokens: neither 1 nor 2, so a count and a length cannot be confused
 POS = np.array([2, 7, 1, 8, 2, 8, 1])

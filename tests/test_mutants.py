@@ -1,4 +1,4 @@
-"""Meta-tests of the mutation harness (verification/mutants.py) on a tiny throw-away project, plus the
+"""Meta-tests of the mutation harness (verification/mutation/mutants.py) on a tiny throw-away project, plus the
 catalogue's own consistency. Not run against mutants (mutants.HARNESS_TESTS)."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ import textwrap
 
 import pytest
 
-from verification import mutants as M
-from verification.mutants_catalogue import CATALOGUE, FAST
+from verification.mutation import mutant_runs as MR
+from verification.mutation import mutants as M
+from verification.mutation.mutants_catalogue import CATALOGUE, FAST
 
 PACKAGE = "mutmeta_pkg"  # not installed anywhere: importable only from the copy
 
@@ -41,7 +42,7 @@ def test_outcomes_on_a_tiny_project(tiny_project):
         _mutant("ambiguous", "return", "return 0 or"),
     ]
     lines = []
-    result = M.run_catalogue(mutants, tiny_project, jobs=2, timeout=120, report=False, baseline=True,
+    result = MR.run_catalogue(mutants, tiny_project, jobs=2, timeout=120, report=False, baseline=True,
                              items=(PACKAGE, "tests"), isolation=(PACKAGE,), say=lines.append)
     status = {o.id: o for o in result.outcomes}
     assert result.baseline is not None and result.baseline.status == M.SURVIVED, result.baseline  # baseline passes
@@ -60,7 +61,7 @@ def test_outcomes_on_a_tiny_project(tiny_project):
 def test_a_hanging_mutant_is_a_timeout_counted_as_caught(tiny_project):
     hang = _mutant("hangs", "return a + b", "__import__('time').sleep(600)\n    return a + b")
     lines = []
-    result = M.run_catalogue([hang], tiny_project, timeout=3, report=False, baseline=False,
+    result = MR.run_catalogue([hang], tiny_project, timeout=3, report=False, baseline=False,
                              items=(PACKAGE, "tests"), say=lines.append)
     (outcome,) = result.outcomes
     assert outcome.status == M.TIMEOUT and outcome.killed and outcome.seconds < 30
@@ -69,7 +70,7 @@ def test_a_hanging_mutant_is_a_timeout_counted_as_caught(tiny_project):
 
 def test_a_failing_baseline_makes_the_run_meaningless(tiny_project):
     (tiny_project / "tests" / "test_add.py").write_text("def test_broken():\n    assert False\n")
-    result = M.run_catalogue([], tiny_project, jobs=1,
+    result = MR.run_catalogue([], tiny_project, jobs=1,
                              timeout=60, report=False, items=(PACKAGE, "tests"), isolation=(PACKAGE,),
                              say=lambda s: None)
     assert result.baseline.status == M.CAUGHT and result.exit_status == 2
@@ -77,11 +78,11 @@ def test_a_failing_baseline_makes_the_run_meaningless(tiny_project):
 
 def test_copies_shadow_the_editable_install(tmp_path):
     """The copy's refimpl and verification are what a run imports; the check itself can fail."""
-    copy = M.copy_tree(M.ROOT, tmp_path / "copy", ("refimpl", "verification"))
-    assert M.verify_isolation(copy, M.environment(copy)) == []
+    copy = MR.copy_tree(M.ROOT, tmp_path / "copy", ("refimpl", "verification"))
+    assert MR.verify_isolation(copy, MR.environment(copy)) == []
     elsewhere = tmp_path / "empty"
     elsewhere.mkdir()
-    problems = M.verify_isolation(elsewhere, M.environment(elsewhere))
+    problems = MR.verify_isolation(elsewhere, MR.environment(elsewhere))
     assert len(problems) == 2 and "not from the copy" in problems[0]
 
 
@@ -105,20 +106,20 @@ def test_catalogue_is_consistent_and_applies_to_this_checkout():
     problems = {m.id: M.anchor_problem(m, M._read(M.ROOT, m.file)) for m in CATALOGUE}
     problems = {k: v for k, v in problems.items() if v}
     assert not problems, ("the code moved under these mutants: update their anchors in "
-                          f"verification/mutants_catalogue.py: {problems}")
+                          f"verification/mutation/mutants_catalogue.py: {problems}")
 
 
 # ------------------------------------------------------------------ the mechanical (mutmut) driver
 def test_mechanical_module_names_and_function_keys(tmp_path):
-    from verification import mechanical as X
+    from verification.mutation import mechanical as X
 
-    assert X.module_of("refimpl.model.x\u01c1Model\u01c1forward__mutmut_3") == "refimpl/model.py"
+    assert X.module_of("refimpl.oracle.model.x\u01c1Model\u01c1forward__mutmut_3") == "refimpl/oracle/model.py"
     assert X.module_of("verification.peers.validate.x_main__mutmut_12") == "verification/peers/validate.py"
     source = tmp_path / "m.py"
     source.write_text("def f():\n    return 1\n\nclass C:\n    def g(self):\n        pass\n\nX = 1\n")
     assert X.function_keys(source) == ["x_f", "x\u01c1C\u01c1g"]
     targets = X.targets()
-    assert "refimpl/verdicts.py" in targets and "refimpl/model.py" in targets
+    assert "refimpl/case_study/verdicts.py" in targets and "refimpl/oracle/model.py" in targets
     assert all((X.ROOT / t).is_file() for t in targets)  # a moved module must be moved here too
     first, again, other = X.sample_patterns(5, 0), X.sample_patterns(5, 0), X.sample_patterns(5, 1)
     assert first == again and first != other and len(first) == 5
@@ -126,38 +127,38 @@ def test_mechanical_module_names_and_function_keys(tmp_path):
 
 
 def test_mechanical_triage_counts_and_flags(monkeypatch):
-    from verification import mechanical as X
+    from verification.mutation import mechanical as X
 
-    diffs = {"refimpl.ops.x_a__mutmut_1": "-    return x\n+    return -x", "refimpl.ops.x_a__mutmut_2": "-a\n+b",
-             "refimpl.ops.x_a__mutmut_3": "-c\n+d", "refimpl.ops.x_a__mutmut_4": "-e\n+f"}
-    status = {"refimpl.ops.x_a__mutmut_1": "survived", "refimpl.ops.x_a__mutmut_2": "survived",
-              "refimpl.ops.x_a__mutmut_3": "no tests", "refimpl.ops.x_a__mutmut_4": "survived",
-              "refimpl.ops.x_a__mutmut_5": "killed", "refimpl.ops.x_a__mutmut_6": "timeout",
-              "refimpl.trace.x_b__mutmut_1": "killed"}
-    entries = {"refimpl.ops.x_a__mutmut_1": {"lines": diffs["refimpl.ops.x_a__mutmut_1"], "verdict": "equivalent"},
-               "refimpl.ops.x_a__mutmut_2": {"lines": "-old\n+code", "verdict": "equivalent"},  # stale
-               "refimpl.ops.x_a__mutmut_4": {"lines": "-e\n+f", "verdict": "open"}}
+    diffs = {"refimpl.oracle.ops.x_a__mutmut_1": "-    return x\n+    return -x", "refimpl.oracle.ops.x_a__mutmut_2": "-a\n+b",
+             "refimpl.oracle.ops.x_a__mutmut_3": "-c\n+d", "refimpl.oracle.ops.x_a__mutmut_4": "-e\n+f"}
+    status = {"refimpl.oracle.ops.x_a__mutmut_1": "survived", "refimpl.oracle.ops.x_a__mutmut_2": "survived",
+              "refimpl.oracle.ops.x_a__mutmut_3": "no tests", "refimpl.oracle.ops.x_a__mutmut_4": "survived",
+              "refimpl.oracle.ops.x_a__mutmut_5": "killed", "refimpl.oracle.ops.x_a__mutmut_6": "timeout",
+              "refimpl.oracle.trace.x_b__mutmut_1": "killed"}
+    entries = {"refimpl.oracle.ops.x_a__mutmut_1": {"lines": diffs["refimpl.oracle.ops.x_a__mutmut_1"], "verdict": "equivalent"},
+               "refimpl.oracle.ops.x_a__mutmut_2": {"lines": "-old\n+code", "verdict": "equivalent"},  # stale
+               "refimpl.oracle.ops.x_a__mutmut_4": {"lines": "-e\n+f", "verdict": "open"}}
     tallies, problems = X.triage(status, entries, lambda name: diffs.get(name, ""))
-    ops = tallies["refimpl/ops.py"]
+    ops = tallies["refimpl/oracle/ops.py"]
     assert (ops.generated, ops.killed, ops.equivalent, ops.open, ops.untriaged) == (6, 2, 1, 1, 2)
     assert ops.score == 2 / 5  # equivalents leave the denominator; open and untriaged stay in it
     assert len(problems) == 2 and any("stale" in p for p in problems) and any(p.startswith("no tests") for p in problems)
-    assert tallies["refimpl/trace.py"].score == 1.0 and X.Tally(generated=3, not_run=3).score_text() == "-"
+    assert tallies["refimpl/oracle/trace.py"].score == 1.0 and X.Tally(generated=3, not_run=3).score_text() == "-"
     assert "| all | 7 | 0 | 3 | 1 | 1 | 2 |" in X.result_table(tallies)
 
 
 def test_mechanical_fingerprint_is_the_mutated_lines(tmp_path):
-    from verification import mechanical as X
+    from verification.mutation import mechanical as X
 
-    (tmp_path / "mutants" / "refimpl").mkdir(parents=True)
-    (tmp_path / "mutants" / "refimpl" / "ops.py").write_text(
+    (tmp_path / "mutants" / "refimpl" / "oracle").mkdir(parents=True)
+    (tmp_path / "mutants" / "refimpl" / "oracle" / "ops.py").write_text(
         "def x_f__mutmut_orig(a):\n    b = a + 1\n    return b\n\n"
         "def x_f__mutmut_1(a):\n    b = a - 1\n    return b\n\n"
         "class C:\n    def x\u01c1C\u01c1g__mutmut_orig(self):\n        return 2\n"
         "    def x\u01c1C\u01c1g__mutmut_1(self):\n        return 3\n")
     diffs = X.Diffs(tmp_path)
-    assert diffs("refimpl.ops.x_f__mutmut_1") == "- b = a + 1\n+ b = a - 1"
-    assert diffs("refimpl.ops.x\u01c1C\u01c1g__mutmut_1") == "- return 2\n+ return 3"
+    assert diffs("refimpl.oracle.ops.x_f__mutmut_1") == "- b = a + 1\n+ b = a - 1"
+    assert diffs("refimpl.oracle.ops.x\u01c1C\u01c1g__mutmut_1") == "- return 2\n+ return 3"
 
 
 # ------------------------------------------------------------------ the record that lets the whole set resume
@@ -167,41 +168,41 @@ def _meta(codes, hashes):
 
 
 def test_mechanical_record_keeps_results_by_function_hash():
-    from verification import mutation_record as R
+    from verification.mutation import mutation_record as R
 
     sep = "\u01c1"
     meth = f"x{sep}Model{sep}forward"
-    meta = _meta({"refimpl.ops.x_center__mutmut_1": 1, "refimpl.ops.x_center__mutmut_2": 0,
-                  "refimpl.ops.x_center__mutmut_3": None, f"refimpl.ops.{meth}__mutmut_12": 36},
+    meta = _meta({"refimpl.oracle.ops.x_center__mutmut_1": 1, "refimpl.oracle.ops.x_center__mutmut_2": 0,
+                  "refimpl.oracle.ops.x_center__mutmut_3": None, f"refimpl.oracle.ops.{meth}__mutmut_12": 36},
                  {"x_center": "aaa", meth: "bbb"})
-    record = R.record_of({"refimpl/ops.py": meta})
-    assert record == {"refimpl/ops.py": {"x_center": {"hash": "aaa", "exit_codes": {"1": 1, "2": 0}},
+    record = R.record_of({"refimpl/oracle/ops.py": meta})
+    assert record == {"refimpl/oracle/ops.py": {"x_center": {"hash": "aaa", "exit_codes": {"1": 1, "2": 0}},
                                          meth: {"hash": "bbb", "exit_codes": {"12": 36}}}}
-    assert R.function_of(f"refimpl.ops.{meth}__mutmut_12") == (meth, "12")
+    assert R.function_of(f"refimpl.oracle.ops.{meth}__mutmut_12") == (meth, "12")
     # a fresh checkout: every mutant "not checked"; the method changed since the record, x_center did not
     fresh = _meta({k: None for k in meta["exit_code_by_key"]}, {"x_center": "aaa", meth: "changed"})
-    assert R.merge(fresh, record["refimpl/ops.py"]) == 2
-    assert fresh["exit_code_by_key"] == {"refimpl.ops.x_center__mutmut_1": 1, "refimpl.ops.x_center__mutmut_2": 0,
-                                         "refimpl.ops.x_center__mutmut_3": None, f"refimpl.ops.{meth}__mutmut_12": None}
+    assert R.merge(fresh, record["refimpl/oracle/ops.py"]) == 2
+    assert fresh["exit_code_by_key"] == {"refimpl.oracle.ops.x_center__mutmut_1": 1, "refimpl.oracle.ops.x_center__mutmut_2": 0,
+                                         "refimpl.oracle.ops.x_center__mutmut_3": None, f"refimpl.oracle.ops.{meth}__mutmut_12": None}
     # a result already there is never overwritten; a function the record lacks is left alone
-    done = _meta({"refimpl.ops.x_center__mutmut_1": 33, "refimpl.ops.x_new__mutmut_1": None},
+    done = _meta({"refimpl.oracle.ops.x_center__mutmut_1": 33, "refimpl.oracle.ops.x_new__mutmut_1": None},
                  {"x_center": "aaa", "x_new": "ccc"})
-    assert R.merge(done, record["refimpl/ops.py"]) == 0 and done["exit_code_by_key"]["refimpl.ops.x_center__mutmut_1"] == 33
+    assert R.merge(done, record["refimpl/oracle/ops.py"]) == 0 and done["exit_code_by_key"]["refimpl.oracle.ops.x_center__mutmut_1"] == 33
 
 
 def test_mechanical_restore_reads_the_record_into_mutmut_metas(tmp_path):
     import json
 
-    from verification import mutation_record as R
+    from verification.mutation import mutation_record as R
 
-    (tmp_path / "mutants" / "refimpl").mkdir(parents=True)
-    (tmp_path / "verification").mkdir()
-    meta_path = tmp_path / "mutants" / "refimpl" / "ops.py.meta"
-    meta_path.write_text(json.dumps(_meta({"refimpl.ops.x_center__mutmut_1": None}, {"x_center": "aaa"})))
-    assert R.restore(tmp_path, ["refimpl/ops.py"]) == 0  # no record yet
-    (tmp_path / R.RECORD).write_text(json.dumps({"modules": {"refimpl/ops.py": {
+    (tmp_path / "mutants" / "refimpl" / "oracle").mkdir(parents=True)
+    (tmp_path / "verification" / "mutation").mkdir(parents=True)
+    meta_path = tmp_path / "mutants" / "refimpl" / "oracle" / "ops.py.meta"
+    meta_path.write_text(json.dumps(_meta({"refimpl.oracle.ops.x_center__mutmut_1": None}, {"x_center": "aaa"})))
+    assert R.restore(tmp_path, ["refimpl/oracle/ops.py"]) == 0  # no record yet
+    (tmp_path / R.RECORD).write_text(json.dumps({"modules": {"refimpl/oracle/ops.py": {
         "x_center": {"hash": "aaa", "exit_codes": {"1": 1}}}}}))
-    assert R.restore(tmp_path, ["refimpl/ops.py"], only_if_missing=True) == 0  # metas exist: a run may own them
-    assert R.restore(tmp_path, ["refimpl/ops.py"]) == 1
-    assert json.loads(meta_path.read_text())["exit_code_by_key"] == {"refimpl.ops.x_center__mutmut_1": 1}
+    assert R.restore(tmp_path, ["refimpl/oracle/ops.py"], only_if_missing=True) == 0  # metas exist: a run may own them
+    assert R.restore(tmp_path, ["refimpl/oracle/ops.py"]) == 1
+    assert json.loads(meta_path.read_text())["exit_code_by_key"] == {"refimpl.oracle.ops.x_center__mutmut_1": 1}
     assert set(json.loads(meta_path.read_text())) == set(_meta({}, {}))  # mutmut's own keys, nothing added

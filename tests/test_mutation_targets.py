@@ -1,4 +1,4 @@
-"""Focused, fast tests that kill the mutation catalogue's mutants (verification/mutants_catalogue.py) in
+"""Focused, fast tests that kill the mutation catalogue's mutants (verification/mutation/mutants_catalogue.py) in
 the forward pass, trace and edits, the frozen block, observables, analysis, records, the virtual-head
 scan and the beam search.
 
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl import jacobians as J
-from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
-from verification.tolerances import relative_error, tolerance
+from refimpl.propagation import jacobians as J
+from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+from verification.policy.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
 L, H, D, WINDOW = 3, 3, 12, 3

@@ -4,15 +4,15 @@ from hypothesis import given
 
 import refimpl
 from refimpl import InputError
-from verification.strategies import observables_specs
-from verification.tolerances import relative_error, tolerance
+from verification.policy.strategies import observables_specs
+from verification.policy.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+    from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint
 
     config = gpt_neo_config(vocab=1000, d_model=16, n_layers=2, n_heads=2)
     folder = write_checkpoint(tmp_path_factory.mktemp("obs"), config, random_tensors(config, seed=4), dtype="float64")

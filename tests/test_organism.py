@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl import organism as world
-from refimpl.checkpoint import BUNDLED
-from refimpl.tokenizer import gpt2_tokenizer
-from verification.tolerances import tolerance
+from refimpl.organism import world as world
+from refimpl.sources.checkpoint import BUNDLED
+from refimpl.oracle.tokenizer import gpt2_tokenizer
+from verification.policy.tolerances import tolerance
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ torch = pytest.importorskip("torch", reason="parity tests need torch (pip instal
 pytest.importorskip("transformers", reason="parity tests need transformers (pip install -e '.[torch]')")
 
 import refimpl  # noqa: E402
-from verification.tolerances import relative_error, tolerance  # noqa: E402
-from verification.torch_peer import exact_attention, load_peer, make_random_checkpoint, peer_forward  # noqa: E402
+from verification.policy.tolerances import relative_error, tolerance  # noqa: E402
+from verification.peers.torch_peer import exact_attention, load_peer, make_random_checkpoint, peer_forward  # noqa: E402
 
 SHAPES = [
     # (d_model, n_layers, n_heads, window, kinds, seq, batch)

@@ -21,8 +21,8 @@ from verification.peers import identities as I  # noqa: E402
 from verification.peers.transformer_lens_peer import TransformerLensPeer  # noqa: E402
 from verification.peers.user_function import UserFunctionPeer  # noqa: E402
 from verification.peers.validate import main, validate  # noqa: E402
-from verification.tolerances import tolerance  # noqa: E402
-from verification.torch_peer import make_random_checkpoint  # noqa: E402
+from verification.policy.tolerances import tolerance  # noqa: E402
+from verification.peers.torch_peer import make_random_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "d" * 40

@@ -1,15 +1,15 @@
 """Feature vectors of heads, virtual heads and paths, checked against direct formulas and against the
-oracle's own forward pass with everything off the path frozen (verification.linearized)."""
+oracle's own forward pass with everything off the path frozen (verification.references.linearized)."""
 
 import numpy as np
 import pytest
 
 import refimpl
 from refimpl import InputError
-from refimpl import jacobians as J
-from verification.fixtures import FAMILIES, family_config, gpt_neo_config, random_tensors, write_checkpoint
-from verification.linearized import attention_weight, complex_twin, frozen_observable
-from verification.tolerances import relative_error, tolerance
+from refimpl.propagation import jacobians as J
+from verification.references.fixtures import FAMILIES, family_config, random_tensors, write_checkpoint
+from verification.references.linearized import attention_weight, complex_twin, frozen_observable
+from verification.policy.tolerances import relative_error, tolerance
 
 SAME, FROZEN = tolerance("identity", "float64"), tolerance("frozen_path", "float64")
 IDS = np.array([3, 1, 4, 1, 5, 9, 2, 6])
@@ -135,7 +135,7 @@ def test_final_ln_boundary(model, obs):
     _, trace = model.run_with_trace(np.stack([IDS, IDS[::-1]]), names=["blocks.2.hook_resid_post"])
     x = trace["blocks.2.hook_resid_post"][:, -1]
     w, b = model.weights["ln_final.w"], model.weights["ln_final.b"]
-    from refimpl import ops
+    from refimpl.oracle import ops
     score = lambda v: obs.residual @ ops.layer_norm(v, w, b, 1e-5)[0]  # noqa: E731
     x_neg, x_pos = (x[0], x[1]) if score(x[0]) < score(x[1]) else (x[1], x[0])
     try:

@@ -6,7 +6,7 @@ import pytest
 
 import refimpl
 from refimpl import InputError
-from verification.fixtures import exactly as _exactly, small_model
+from verification.references.fixtures import exactly as _exactly, small_model
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_ln_input_norms_use_a_matching_trace_without_a_run(model, monkeypatch):
 
 
 # ------------------------------------------------------------------ parse_node
-from refimpl.propagation import Node  # noqa: E402
+from refimpl.propagation.paths import Node  # noqa: E402
 
 
 @pytest.mark.parametrize("spec, label", [
@@ -158,7 +158,7 @@ from refimpl.propagation import Node  # noqa: E402
     (("Mlp", 0), "MLP0"), ((2, 1), "2.1"), ("MLP0", "MLP0"), ("1.1", "1.1"),
 ])
 def test_parse_node_reads_every_spelling(model, spec, label):
-    node = refimpl.propagation.parse_node(model, spec)
+    node = refimpl.propagation.paths.parse_node(model, spec)
     assert node.label == label
     assert node == (Node(int(label[3:]), "mlp") if label.startswith("MLP") else Node(*map(int, label.split(".")[:1]),
                                                                                       "attn", int(label.split(".")[1])))
@@ -168,14 +168,14 @@ def test_parse_node_reads_every_spelling(model, spec, label):
 def test_parse_node_refuses_an_inconsistent_node(model, spec):
     message = f"cannot read path node {spec!r}: a Node is (layer, 'attn', head) or (layer, 'mlp')"
     with pytest.raises(InputError, match=_exactly(message)):
-        refimpl.propagation.parse_node(model, spec)
+        refimpl.propagation.paths.parse_node(model, spec)
 
 
 @pytest.mark.parametrize("spec", [("mlp", 1, 2), ("mlp", "1"), ("mlp", 1.0), ("ffn", 1)])
 def test_parse_node_refuses_a_malformed_mlp_tuple(model, spec):
     message = f"cannot read path node {spec!r}: use 'layer.head' (e.g. '17.14') or 'MLP<layer>'"
     with pytest.raises(InputError, match=_exactly(message)):
-        refimpl.propagation.parse_node(model, spec)
+        refimpl.propagation.paths.parse_node(model, spec)
 
 
 # ------------------------------------------------------------------ mlp_boundary
@@ -199,7 +199,7 @@ def test_mlp_boundary_refuses_an_unknown_fallback_before_the_other_arguments(mod
 def test_float32_mlp_node_takes_the_jacobian_at_the_boundary_point_in_the_model_dtype(tmp_path):
     """The boundary is searched in float64; the MLP's Jacobian is then taken at that point rounded to the
     model's dtype (the activation the model itself could carry), not at the float64 point."""
-    from refimpl import jacobians as J
+    from refimpl.propagation import jacobians as J
 
     m = small_model(tmp_path, "float32")
     o = refimpl.observable(m, {5: 1, 7: -1})
@@ -306,7 +306,7 @@ def test_boundary_point_refuses_a_function_not_finite_at_an_end(ends):
 
 
 # ------------------------------------------------------------------ traced
-from refimpl.propagation import traced  # noqa: E402
+from refimpl.propagation.layernorms import traced  # noqa: E402
 
 NAMES = ["blocks.0.hook_resid_pre", "blocks.1.ln2.hook_normalized"]
 TRACE_IDS = np.array([[3, 1, 4, 1, 5], [2, 7, 1, 8, 2]])
@@ -404,7 +404,7 @@ def test_head_features_exact_reads_points_given_as_lists(model, obs):
 
 
 def test_layer_norm_factor_names_the_mode_it_refuses(model):
-    from refimpl.propagation import layer_norm_factor
+    from refimpl.propagation.layernorms import layer_norm_factor
 
     with pytest.raises(InputError, match=_exactly("layernorm mode must be one of ['ignore', 'estimate', 'exact'], "
                                                   "got 'Exact'")):
@@ -414,7 +414,7 @@ def test_layer_norm_factor_names_the_mode_it_refuses(model):
 @pytest.mark.parametrize("mode, option", [("estimate", "norms"), ("exact", "points")])
 def test_layer_norm_factor_checks_the_type_of_its_mapping_itself(model, mode, option):
     """The inner function's own type check (callers check the keys; a list must not reach `name in mapping`)."""
-    from refimpl.propagation import layer_norm_factor
+    from refimpl.propagation.layernorms import layer_norm_factor
 
     mappings = {"norms": None, "points": None, option: [("ln_final", 1.0)]}
     with pytest.raises(InputError, match=_exactly(f"{option} must be a mapping {{LayerNorm name: value}} (e.g. from "
@@ -425,7 +425,7 @@ def test_layer_norm_factor_checks_the_type_of_its_mapping_itself(model, mode, op
 def test_exact_layer_norm_of_a_float32_model_is_taken_at_the_point_in_float32(model32):
     """A float64 point is rounded to the feature's dtype (the activation the float32 model carries); the
     feature stays float32 rather than turning float64 through the point."""
-    from refimpl import jacobians as J
+    from refimpl.propagation import jacobians as J
 
     o = refimpl.observable(model32, {5: 1, 7: -1})
     points = {k: v.astype(np.float64) + 1e-9 for k, v in refimpl.ln_input_points(model32, [[3, 1, 4, 1, 5]]).items()}
@@ -463,7 +463,7 @@ def test_exact_point_that_overflows_the_model_dtype_is_refused_by_name(model32):
 
 def test_layer_norm_factor_refuses_a_point_of_another_shape_than_the_feature(model):
     """The inner function alone: a [d] point for an [H, d] feature block (head_features broadcasts first)."""
-    from refimpl.propagation import layer_norm_factor
+    from refimpl.propagation.layernorms import layer_norm_factor
 
     with pytest.raises(InputError, match=_exactly("input activation of blocks.0.ln1 has shape (16,), "
                                                   "expected (2, 16)")):

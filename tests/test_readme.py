@@ -23,7 +23,7 @@ def test_readme_obsprop_commands_run(tmp_path, monkeypatch, capsys):
     """Every ``obsprop`` line of the README's bash blocks (the demo without figures, into a temp folder)."""
     import shlex
 
-    from refimpl import cli
+    from refimpl.commands import cli
 
     monkeypatch.chdir(tmp_path)
     bash = "\n".join(re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S))

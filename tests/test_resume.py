@@ -6,8 +6,8 @@ import pytest
 
 import refimpl
 from refimpl import InputError
-from verification.fixtures import FAMILIES, family_config, gpt_neo_config, random_tensors, write_checkpoint
-from verification.tolerances import relative_error, tolerance
+from verification.references.fixtures import FAMILIES, family_config, random_tensors, write_checkpoint
+from verification.policy.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
 
@@ -31,15 +31,15 @@ IDS = np.random.default_rng(3).integers(0, 53, size=(3, 9))
 
 
 def count_blocks(model, monkeypatch) -> list[int]:
-    """A spy on Model._block: the layers a run executes in full, in order (shared by the resume tests)."""
+    """A spy on the blocks' ``_block``: the layers a run executes in full, in order (shared by the resume tests)."""
     blocks = []
-    original = type(model)._block
+    original = type(model.blocks)._block
 
     def counting(self, layer, resid, hooks):
         blocks.append(layer)
         return original(self, layer, resid, hooks)
 
-    monkeypatch.setattr(type(model), "_block", counting)
+    monkeypatch.setattr(type(model.blocks), "_block", counting)
     return blocks
 
 

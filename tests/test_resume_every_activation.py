@@ -8,9 +8,9 @@ import pytest
 
 import refimpl
 from refimpl import InputError
-from verification.fixtures import FAMILIES, family_config, gpt_neo_config, random_tensors, write_checkpoint
+from verification.references.fixtures import FAMILIES, family_config, random_tensors, write_checkpoint
 from tests.test_resume import count_blocks
-from verification.tolerances import relative_error, tolerance
+from verification.policy.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
 N_LAYERS = 4

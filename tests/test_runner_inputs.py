@@ -66,7 +66,7 @@ def test_the_working_set_estimate_bounds_the_measured_peak(tmp_path, shape, logi
     running it (tracemalloc), with logits at every position or one; measured here 0.45 to 0.7 of the estimate."""
     import tracemalloc
 
-    from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+    from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint
 
     V, d, H, m, n = shape
     config = gpt_neo_config(vocab=V, d_model=d, n_layers=2, n_heads=H, window=4, d_mlp=m, n_ctx=n)
@@ -208,13 +208,13 @@ def test_run_from_budgets_one_logit_row_when_asked_for_one_position(model, monke
     model.chunk_bytes = 2 * one  # two prompts at one position, one prompt at all positions
     assert 2 * one // full == 1
     chunks = []
-    original = type(model)._run_from
+    original = type(model.blocks)._run_from
 
     def spy(self, start, resid, hooks, position):
         chunks.append(resid.shape[0])
         return original(self, start, resid, hooks, position)
 
-    monkeypatch.setattr(type(model), "_run_from", spy)
+    monkeypatch.setattr(type(model.blocks), "_run_from", spy)
     act = np.random.default_rng(0).normal(size=(2, T, 16))
     at_one, _ = model.run_from("blocks.1.hook_resid_pre", act, names=[], logits_at=-1)
     assert chunks == [2]
@@ -240,7 +240,7 @@ def test_the_budgeted_bytes_of_every_activation_are_the_bytes_the_trace_holds(mo
 def test_a_chunked_run_returns_the_dtype_an_unchunked_run_does(tmp_path):
     """Chunking assembles the logits and every traced activation in the model's dtype (float32 stays float32)
     and equal to the unchunked run's."""
-    from verification.fixtures import small_model
+    from verification.references.fixtures import small_model
 
     model = small_model(tmp_path, dtype="float32")
     ids = np.arange(1, 1 + 3 * T).reshape(3, T) % model.config.d_vocab
@@ -267,7 +267,7 @@ def _mb(n_bytes):
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
     """A vocabulary of 5,000: a prompt's logits (1.3 MB at 32 tokens) show in the messages' 0.1 MB steps."""
-    from verification.fixtures import gpt_neo_config, random_tensors, write_checkpoint
+    from verification.references.fixtures import gpt_neo_config, random_tensors, write_checkpoint
 
     config = gpt_neo_config(vocab=5000, d_model=16, n_layers=2, n_heads=2, window=4, n_ctx=32)
     return refimpl.load(write_checkpoint(tmp_path_factory.mktemp("wide"), config, random_tensors(config)),
@@ -285,13 +285,13 @@ def test_running_out_of_memory_is_named_with_the_sizes(wide, monkeypatch, names,
     out = _bytes_per_prompt(model, ids, list(names), logits_at)
     position = None if logits_at is None else T - 1
     work = model._row_bytes(T, frozenset(names), position)[1]
-    monkeypatch.setattr(refimpl.model, "available_memory", lambda: None)
+    monkeypatch.setattr(refimpl.oracle.memory, "available_memory", lambda: None)
     model.chunk_bytes = rows * work
 
     def exhausted(*args, **kwargs):
         raise MemoryError
 
-    monkeypatch.setattr(model, "_run", exhausted)
+    monkeypatch.setattr(model.blocks, "_run", exhausted)
     with pytest.raises(refimpl.InputError) as info:
         model.run_with_trace(ids, names=list(names), logits_at=logits_at)
     assert str(info.value) == (
@@ -303,7 +303,7 @@ def test_running_out_of_memory_is_named_with_the_sizes(wide, monkeypatch, names,
 @pytest.mark.parametrize("names", [(), ("blocks.1.attn.hook_pattern",)])
 def test_the_memory_probe_is_asked_exactly_when_a_run_needs_more_than_its_threshold(model, monkeypatch, names):
     """A run needing ``need`` = B x (outputs + ...) + rows x work bytes consults available_memory only above
-    refimpl.model._CHECK_MEMORY_ABOVE: at need - 1 a probe reporting too little memory refuses the batch,
+    refimpl.oracle.memory._CHECK_MEMORY_ABOVE: at need - 1 a probe reporting too little memory refuses the batch,
     at need and need + 1 it is not asked."""
     ids = np.arange(1, 1 + 4 * T).reshape(4, T) % model.config.d_vocab
     out = _bytes_per_prompt(model, ids, list(names), None)
@@ -311,9 +311,9 @@ def test_the_memory_probe_is_asked_exactly_when_a_run_needs_more_than_its_thresh
     model.chunk_bytes = 2 * work
     need = 4 * out + 2 * work
     asked = []
-    monkeypatch.setattr(refimpl.model, "available_memory", lambda: asked.append(1) or 4 * out)
+    monkeypatch.setattr(refimpl.oracle.memory, "available_memory", lambda: asked.append(1) or 4 * out)
     for threshold, refused in ((need - 1, True), (need, False), (need + 1, False)):
-        monkeypatch.setattr(refimpl.model, "_CHECK_MEMORY_ABOVE", threshold)
+        monkeypatch.setattr(refimpl.oracle.memory, "_CHECK_MEMORY_ABOVE", threshold)
         asked.clear()
         if refused:
             with pytest.raises(refimpl.InputError, match="are too many for the memory available"):
@@ -336,10 +336,10 @@ def test_a_batch_whose_outputs_and_one_prompt_do_not_fit_is_refused_at_the_edge(
     that refuses, that and one byte more run), naming the sizes and how many prompts would fit."""
     ids = np.arange(1, 1 + 4 * 32).reshape(4, 32) % wide.config.d_vocab
     B, n, out, work = _sizes(wide, ids, names)
-    monkeypatch.setattr(refimpl.model, "_CHECK_MEMORY_ABOVE", 0)
+    monkeypatch.setattr(refimpl.oracle.memory, "_CHECK_MEMORY_ABOVE", 0)
     wide.chunk_bytes = work  # one prompt a chunk
     for available in (B * out + work - 1, work - 1):
-        monkeypatch.setattr(refimpl.model, "available_memory", lambda: available)
+        monkeypatch.setattr(refimpl.oracle.memory, "available_memory", lambda: available)
         with pytest.raises(refimpl.InputError) as info:
             wide.run_with_trace(ids, names=list(names))
         assert str(info.value) == (
@@ -350,12 +350,12 @@ def test_a_batch_whose_outputs_and_one_prompt_do_not_fit_is_refused_at_the_edge(
     assert f"(about {B - 1} fit)" in _refusal(wide, monkeypatch, ids, names, B * out + work - 1)
     assert "(about 0 fit)" in _refusal(wide, monkeypatch, ids, names, work - 1)
     for available in (B * out + work, B * out + work + 1):
-        monkeypatch.setattr(refimpl.model, "available_memory", lambda: available)
+        monkeypatch.setattr(refimpl.oracle.memory, "available_memory", lambda: available)
         wide.run_with_trace(ids, names=list(names))
 
 
 def _refusal(model, monkeypatch, ids, names, available):
-    monkeypatch.setattr(refimpl.model, "available_memory", lambda: available)
+    monkeypatch.setattr(refimpl.oracle.memory, "available_memory", lambda: available)
     with pytest.raises(refimpl.InputError) as info:
         model.run_with_trace(ids, names=list(names))
     return str(info.value)
@@ -366,11 +366,11 @@ def test_chunks_shrink_to_the_memory_left_beside_the_outputs(wide, monkeypatch):
     // work allows, and at least one: 2 at B x outputs + 2 work, 1 a byte below that and at one work."""
     ids = np.arange(1, 1 + 4 * 32).reshape(4, 32) % wide.config.d_vocab
     B, n, out, work = _sizes(wide, ids, ())
-    monkeypatch.setattr(refimpl.model, "_CHECK_MEMORY_ABOVE", 0)
+    monkeypatch.setattr(refimpl.oracle.memory, "_CHECK_MEMORY_ABOVE", 0)
     wide.chunk_bytes = 4 * work
     for available, chunks in ((B * out + 5 * work, [4]), (B * out + 2 * work, [2, 2]),
                               (B * out + 2 * work - 1, [1, 1, 1, 1]), (B * out + work, [1, 1, 1, 1])):
-        monkeypatch.setattr(refimpl.model, "available_memory", lambda: available)
+        monkeypatch.setattr(refimpl.oracle.memory, "available_memory", lambda: available)
         seen = []
         monkeypatch.setattr(wide, "_execute", _spy_chunks(type(wide)._execute.__get__(wide), seen))
         wide.forward(ids)

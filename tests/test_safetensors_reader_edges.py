@@ -1,5 +1,5 @@
 """The safetensors reader at its edges (issue 21: survivors of the mechanical run over
-refimpl/safetensors_reader.py): the Hugging Face cache's blob root, file-size limits at, below and above,
+refimpl/sources/safetensors_reader.py): the Hugging Face cache's blob root, file-size limits at, below and above,
 the label errors name, an empty data section, and read-only converted tensors."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from refimpl import CheckpointError, ConfigError
-from refimpl import safetensors_reader as R
-from verification.fixtures import exactly, write_raw_safetensors
+from refimpl.sources import safetensors_reader as R
+from verification.references.fixtures import exactly, write_raw_safetensors
 
 
 def test_a_cache_snapshot_may_also_resolve_into_its_repos_blobs_only(tmp_path):

@@ -1,5 +1,5 @@
 """The safetensors reader's file handling and JSON strictness, in process (issue 21: survivors of the
-mechanical run over refimpl/safetensors_reader.py that the subprocess tests of tests/test_hostile_files.py
+mechanical run over refimpl/sources/safetensors_reader.py that the subprocess tests of tests/test_hostile_files.py
 reach but mutmut's per-test coverage cannot see): opening without blocking or following a swapped symlink,
 folders at the filesystem root or with a trailing space, files that shrink or grow between the size check
 and the read, read errors, message cuts at, below and above their limits, and the header's metadata."""
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from refimpl import CheckpointError
-from refimpl import safetensors_reader as R
-from verification.fixtures import exactly, write_raw_safetensors
+from refimpl.sources import safetensors_reader as R
+from verification.references.fixtures import exactly, write_raw_safetensors
 
 
 def os_with(**replaced):

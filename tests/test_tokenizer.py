@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from refimpl import InputError, Tokenizer
-from refimpl.tokenizer import bytes_to_unicode, default_vocabulary_files
+from refimpl.oracle.tokenizer import bytes_to_unicode, default_vocabulary_files
 
 
 @pytest.fixture(scope="module")

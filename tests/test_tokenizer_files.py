@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import refimpl
 from refimpl import CheckpointError, Tokenizer
-from refimpl.tokenizer_files import DECLARATION, declare_vocabulary, default_vocabulary_files
-from verification.fixtures import exactly, gpt_neo_config, random_tensors, write_checkpoint
+from refimpl.oracle.tokenizer_files import DECLARATION, declare_vocabulary, default_vocabulary_files
+from verification.references.fixtures import exactly, gpt_neo_config, random_tensors, write_checkpoint
 
 tokenizers = pytest.importorskip("tokenizers", reason="tokenizer.json parity needs Hugging Face tokenizers")
 
@@ -71,7 +71,7 @@ def test_encode_and_decode_equal_the_tokenizers_library(pair, text):
 
 def test_gpt2_tokenizer_json_is_gpt2s_tokenizer(pair):
     ours, _ = pair
-    gpt2 = refimpl.tokenizer.gpt2_tokenizer()
+    gpt2 = refimpl.oracle.tokenizer.gpt2_tokenizer()
     assert ours.encode("Hello world!<|endoftext|> she") == [15496, 995, 0, 50256, 673]
     assert {k: ours.encoder[k] for k in gpt2.encoder} == gpt2.encoder and ours.merges == gpt2.merges
 
@@ -159,7 +159,7 @@ def test_old_merges_format_reads_as_pairs(tmp_path):
     spec = json.loads(_peer_json("gpt2"))
     spec["model"]["merges"] = [" ".join(m) for m in spec["model"]["merges"]]
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
-    assert Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json").merges == refimpl.tokenizer.gpt2_tokenizer().merges
+    assert Tokenizer.from_tokenizer_json(tmp_path / "tokenizer.json").merges == refimpl.oracle.tokenizer.gpt2_tokenizer().merges
 
 
 ADDED = {  # added tokens tokenizers handles in its own way, each compared with it on texts that use them
@@ -198,8 +198,8 @@ def test_tokenizer_json_comes_first_then_gpt2s_files_then_the_declaration(tmp_pa
     both = Tokenizer.from_folder(_folder(tmp_path / "a", "tokenizer.json", "vocab.json", "merges.txt"))
     assert "<|padding|>" in both.added  # tokenizer.json was read, as transformers' fast tokenizers do
     two = Tokenizer.from_folder(_folder(tmp_path / "b", "vocab.json", "merges.txt", DECLARATION))
-    assert set(two.added) == {"<|endoftext|>"} and two is not refimpl.tokenizer.gpt2_tokenizer()
-    assert Tokenizer.from_folder(_folder(tmp_path / "c", DECLARATION)) is refimpl.tokenizer.gpt2_tokenizer()
+    assert set(two.added) == {"<|endoftext|>"} and two is not refimpl.oracle.tokenizer.gpt2_tokenizer()
+    assert Tokenizer.from_folder(_folder(tmp_path / "c", DECLARATION)) is refimpl.oracle.tokenizer.gpt2_tokenizer()
 
 
 @pytest.mark.parametrize("files", [(), ("vocab.json",), ("merges.txt",)])
@@ -220,7 +220,7 @@ def test_a_declaration_of_another_vocabulary_is_refused(tmp_path, content):
 
 def test_the_declaration_writer_writes_what_the_reader_reads_and_nothing_else(tmp_path):
     assert declare_vocabulary(tmp_path).read_text() == '{"vocabulary": "gpt2"}\n'
-    assert Tokenizer.from_folder(tmp_path) is refimpl.tokenizer.gpt2_tokenizer()
+    assert Tokenizer.from_folder(tmp_path) is refimpl.oracle.tokenizer.gpt2_tokenizer()
     with pytest.raises(refimpl.InputError, match=exactly("vocabulary must be one of gpt2, got 'llama'")):
         declare_vocabulary(tmp_path / "x", "llama")
 
@@ -235,10 +235,35 @@ def test_a_broken_tokenizer_json_link_is_an_error_not_absence(tmp_path):
 def test_load_reads_the_folders_tokenizer_and_refuses_a_folder_without_one(tmp_path):
     config = gpt_neo_config(vocab=50257, d_model=8, n_layers=1, n_heads=2, window=3, n_ctx=8)
     folder = write_checkpoint(tmp_path / "m", config, random_tensors(config, seed=0))
-    assert refimpl.load(folder).tokenizer is refimpl.tokenizer.gpt2_tokenizer()
+    assert refimpl.load(folder).tokenizer is refimpl.oracle.tokenizer.gpt2_tokenizer()
     (folder / "tokenizer.json").write_text(_peer_json("neox"))
     assert "<|padding|>" in refimpl.load(folder).tokenizer.added
     (folder / "tokenizer.json").unlink()
     (folder / DECLARATION).unlink()
     with pytest.raises(CheckpointError, match="holds no tokenizer: looked for tokenizer.json"):
         refimpl.load(folder)
+
+
+def test_uses_gpt2_vocabulary_is_decided_by_the_tokens_and_the_embedding(tmp_path):
+    """The one test of "the paper's prompts and observables apply": GPT-2's vocabulary and merges, and an
+    embedding row for each token; each part alone decides it."""
+    import types
+
+    import refimpl
+    from refimpl.oracle.tokenizer import Tokenizer, gpt2_tokenizer, uses_gpt2_vocabulary
+    from verification.references.fixtures import small_model
+
+    assert uses_gpt2_vocabulary(refimpl.load()) and uses_gpt2_vocabulary(refimpl.load("organism-gpt2"))
+    assert not uses_gpt2_vocabulary(small_model(tmp_path))  # GPT-2's tokenizer, but 61 embedding rows
+    gpt2 = gpt2_tokenizer()
+
+    def stub(tokenizer, d_vocab):
+        return types.SimpleNamespace(tokenizer=tokenizer, config=types.SimpleNamespace(d_vocab=d_vocab))
+
+    assert uses_gpt2_vocabulary(stub(gpt2, 50400))  # GPT-J pads the embedding past the tokens
+    assert not uses_gpt2_vocabulary(stub(gpt2, 50256))
+    other = Tokenizer({**gpt2.encoder, "Ġshe": gpt2.encoder["Ġhe"], "Ġhe": gpt2.encoder["Ġshe"]}, gpt2.merges,
+                      added={"<|endoftext|>": (50256, False)})
+    assert not uses_gpt2_vocabulary(stub(other, 50257))  # the same size, other ids
+    fewer = Tokenizer(gpt2.encoder, gpt2.merges[:-1], added={"<|endoftext|>": (50256, False)})
+    assert not uses_gpt2_vocabulary(stub(fewer, 50257))  # one merge fewer

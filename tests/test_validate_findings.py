@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from verification.peers.validate import Item, Report, _diagnose_activation, _diagnose_rounding, _float32_representable
-from verification.tolerances import tolerance
+from verification.policy.tolerances import tolerance
 
 F32 = tolerance("identity", "float32")
 ROUNDING = ("FINDING: within float32 rounding of the identity{} (TransformerLens 4.3 "

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 import refimpl
-from refimpl.experiments import path_patch_heads
-from verification.fixtures import exactly, gpt_neo_config, random_tensors, write_checkpoint
+from refimpl.case_study.experiments import path_patch_heads
+from verification.references.fixtures import exactly, gpt_neo_config, random_tensors, write_checkpoint
 from verification.peers import identities as I
+from verification.peers import expectations as E
 from verification.peers import validate as V
 from verification.peers.base import Peer, PeerError
-from verification.tolerances import tolerance
+from verification.policy.tolerances import tolerance
 
 L, H, D, VOCAB = 3, 4, 16, 61  # 12 heads: enough to cross the "name at most 8 heads" rule
 
@@ -99,7 +100,7 @@ class FakePeer(Peer):
     def path_patching(self, clean, corrupt, n):
         if "path_patching" not in self.answers:
             return None
-        P = path_patch_heads(self.model, clean, corrupt, V.observable_of(self.model, n)).copy()
+        P = path_patch_heads(self.model, clean, corrupt, E.observable_of(self.model, n)).copy()
         for (l, h), delta in self.plant.get("patching", {}).items():
             P[l, h] += delta
         return self._shaped("path_patching", P)
@@ -306,7 +307,7 @@ def test_one_wrong_head_is_named_with_its_own_agreement(model):
     assert (whole.kind, whole.verdict, whole.identity) == ("features", "FAIL", "")
     assert whole.note == f"1 of {L * H} heads disagree; no identity explains it"
     assert head.snippet == whole.snippet
-    oracle = refimpl.head_features(model, V.observable_of(model, n))
+    oracle = refimpl.head_features(model, E.observable_of(model, n))
     planted = features_of(model.weights, n)
     planted[2, 1] += 0.5 * scale
     assert run_snippet(whole.snippet) == str(np.abs(planted - oracle).max(axis=-1) / np.abs(oracle).max())
@@ -315,7 +316,7 @@ def test_one_wrong_head_is_named_with_its_own_agreement(model):
 def per_head_errors(model, n, plant):
     """|planted - oracle| per head over max |oracle|, as the report measures it (the oracle being what the
     report compares to): [L, H]."""
-    oracle = refimpl.head_features(model, V.observable_of(model, n))
+    oracle = refimpl.head_features(model, E.observable_of(model, n))
     planted = features_of(model.weights, n)
     for (l, h), delta in plant.items():
         planted[l, h] += delta
@@ -327,11 +328,11 @@ def test_a_head_exactly_at_the_tolerance_is_not_named(model, monkeypatch):
     scale = np.abs(features_of(model.weights, n)).max()
     plant = {(0, 0): 0.25 * scale, (1, 3): 0.125 * scale}
     at = per_head_errors(model, n, plant)[1, 3]
-    monkeypatch.setattr("verification.tolerances.tolerance", lambda check, dtype: at)
+    monkeypatch.setattr("verification.policy.tolerances.tolerance", lambda check, dtype: at)
     report = V.validate(FakePeer(model, plant={"features": plant}, answers=("features",)), model, observable={3: 1})
     assert [i.item for i in report.items] == ["features (all heads)", "features 0.0"]
     assert report.items[0].note.startswith("1 of 12 heads disagree")
-    monkeypatch.setattr("verification.tolerances.tolerance", lambda check, dtype: np.nextafter(at, 0))
+    monkeypatch.setattr("verification.policy.tolerances.tolerance", lambda check, dtype: np.nextafter(at, 0))
     report = V.validate(FakePeer(model, plant={"features": plant}, answers=("features",)), model, observable={3: 1})
     assert [i.item for i in report.items] == ["features (all heads)", "features 0.0", "features 1.3"]
 
@@ -342,7 +343,7 @@ def test_the_all_heads_verdict_at_and_below_its_agreement(model, monkeypatch, be
     plant = {(0, 0): 0.25 * np.abs(features_of(model.weights, n)).max()}
     at = per_head_errors(model, n, plant).max()
     tol = np.nextafter(at, 0) if below else at
-    monkeypatch.setattr("verification.tolerances.tolerance", lambda check, dtype: tol)
+    monkeypatch.setattr("verification.policy.tolerances.tolerance", lambda check, dtype: tol)
     report = V.validate(FakePeer(model, plant={"features": plant}, answers=("features",)), model, observable={3: 1})
     whole = report.items[0]
     assert whole.agreement == at and whole.verdict == verdict
@@ -388,7 +389,7 @@ def test_features_computed_from_float32_weights_are_diagnosed_with_the_peer_weig
 def test_path_patching_is_scaled_by_the_clean_observable_and_names_its_head(model):
     clean, corrupt = prompts(model)
     n = vocab_vector(model, {3: 1, 5: -1})
-    effects = path_patch_heads(model, clean, corrupt, V.observable_of(model, n))
+    effects = path_patch_heads(model, clean, corrupt, E.observable_of(model, n))
     logit_scale = np.abs(model.forward(clean)[:, -1] @ n).max()
     assert logit_scale > np.abs(effects).max()  # the scale that decides is the logit's, not the effects'
     report = V.validate(FakePeer(model, plant={"patching": {(1, 2): 0.01}}, answers=("path_patching",)), model,
@@ -441,11 +442,11 @@ class Processed(FakePeer):
                 "blocks.1.attn.hook_pattern": np.array(trace["blocks.1.attn.hook_pattern"])}
 
     def features(self, n):
-        u = V.observable_of(self.model, I.centred_observable(n)).residual
+        u = E.observable_of(self.model, I.centred_observable(n)).residual
         return I.processed_head_features(self.model.weights, L, u) + self.plant.get("feature_offset", 0.0)
 
     def path_patching(self, clean, corrupt, n):
-        raw = path_patch_heads(self.model, clean, corrupt, V.observable_of(self.model, I.centred_observable(n)))
+        raw = path_patch_heads(self.model, clean, corrupt, E.observable_of(self.model, I.centred_observable(n)))
         return I.processed_path_patching(raw)
 
     def weights(self):
@@ -490,10 +491,10 @@ def test_expected_path_patching_raw_and_processed(model):
     clean, corrupt = prompts(model)
     n = vocab_vector(model, {3: 1, 5: -1})
     raw, used = V.expected_path_patching(model, clean, corrupt, n, processed=False)
-    assert used == [] and np.array_equal(raw, path_patch_heads(model, clean, corrupt, V.observable_of(model, n)))
+    assert used == [] and np.array_equal(raw, path_patch_heads(model, clean, corrupt, E.observable_of(model, n)))
     done, used = V.expected_path_patching(model, clean, corrupt, n, processed=True)
     assert used == ["centred_observable", "processed_path_patching"]
-    centred = path_patch_heads(model, clean, corrupt, V.observable_of(model, I.centred_observable(n)))
+    centred = path_patch_heads(model, clean, corrupt, E.observable_of(model, I.centred_observable(n)))
     assert np.array_equal(done, I.processed_path_patching(centred))
 
 
@@ -501,14 +502,14 @@ def test_expected_processed_features_centre_the_observable_in_the_compute_dtype(
     model32 = refimpl.load(folder, dtype="float32")
     n = np.random.default_rng(0).normal(size=VOCAB)
     got, used = V.expected_features(model32, n, processed=True)
-    u = V.observable_of(model32, I.centred_observable(n.astype(np.float32))).residual
+    u = E.observable_of(model32, I.centred_observable(n.astype(np.float32))).residual
     assert np.array_equal(got, I.processed_head_features(model32.weights, L, u))
     assert used == ["centred_observable", "processed_feature_residual", "processed_head_features"]
 
 
 def test_observable_of_computes_in_the_model_dtype(folder):
     model32 = refimpl.load(folder, dtype="float32")
-    obs = V.observable_of(model32, np.arange(VOCAB) % 3 - 1)
+    obs = E.observable_of(model32, np.arange(VOCAB) % 3 - 1)
     assert obs.vocab.dtype == np.float32 and obs.residual.dtype == np.float32
     assert np.array_equal(obs.residual, model32.weights["unembed.W_U"] @ (np.arange(VOCAB) % 3 - 1).astype(np.float32))
 
@@ -535,7 +536,9 @@ def test_ids_literal_reads_back_as_the_ids():
 @pytest.mark.parametrize("vocab, expected", [(50256, {1: 1, 2: -1}), (50257, {" she": 1, " he": -1}),
                                              (50258, {" she": 1, " he": -1})])
 def test_default_observable_at_below_and_above_the_gpt2_vocabulary(vocab, expected):
-    stub = types.SimpleNamespace(config=types.SimpleNamespace(d_vocab=vocab))
+    from refimpl.oracle.tokenizer import gpt2_tokenizer
+
+    stub = types.SimpleNamespace(config=types.SimpleNamespace(d_vocab=vocab), tokenizer=gpt2_tokenizer())
     assert V.default_observable(stub) == expected
 
 
@@ -809,7 +812,7 @@ def test_an_activation_verdict_at_and_below_its_agreement(model, monkeypatch, be
     _, trace = model.run_with_trace(clean)
     expected = np.asarray(trace[name])
     at = float(np.max(np.abs((expected + 0.01) - expected))) / float(np.max(np.abs(expected)))
-    monkeypatch.setattr("verification.tolerances.tolerance", lambda check, dtype: np.nextafter(at, 0) if below else at)
+    monkeypatch.setattr("verification.policy.tolerances.tolerance", lambda check, dtype: np.nextafter(at, 0) if below else at)
     item = items(V.validate(FakePeer(model, plant={"activation": {name: 0.01}}, answers=("activations",)), model,
                             clean, corrupt, {3: 1}))[name]
     assert item.agreement == at and item.verdict == ("FAIL" if below else "pass")
@@ -820,7 +823,7 @@ def test_a_weights_verdict_at_and_below_its_agreement(model, monkeypatch, below)
     key = "blocks.2.mlp.W_out"
     expected = np.asarray(model.weights[key])
     at = float(np.max(np.abs((expected + 0.01) - expected))) / float(np.max(np.abs(expected)))
-    monkeypatch.setattr("verification.tolerances.tolerance", lambda check, dtype: np.nextafter(at, 0) if below else at)
+    monkeypatch.setattr("verification.policy.tolerances.tolerance", lambda check, dtype: np.nextafter(at, 0) if below else at)
     item = items(V.validate(FakePeer(model, plant={"weights": {key: 0.01}}, answers=("weights",)), model,
                             observable={3: 1}))["weights blocks.*.mlp.W_out"]
     assert item.agreement == at and item.verdict == ("FAIL" if below else "pass")

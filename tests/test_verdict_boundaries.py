@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from refimpl import verdicts
+from refimpl.case_study import verdicts
 from refimpl.records import Table
 from tests.test_verdicts import results
 

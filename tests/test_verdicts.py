@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from refimpl import verdicts
+from refimpl.case_study import verdicts
 from refimpl.records import Table
 
 

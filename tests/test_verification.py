@@ -7,13 +7,15 @@ import pytest
 from hypothesis import example, given, settings
 
 import refimpl
-from refimpl import jacobians as J
-from refimpl import ops
-from verification import conformance, errata, theorems
-from verification.checks import relative_check
-from verification.derivatives import check_adjoint, check_dense, check_jvp
-from verification.strategies import layer_norm_inputs, small_configs, theorem2_cases
-from verification.tolerances import relative_error, tolerance
+from refimpl.propagation import jacobians as J
+from refimpl.oracle import ops
+from verification import conformance
+from verification.references import errata
+from verification.references import theorems
+from verification.policy.checks import relative_check
+from verification.references.derivatives import check_adjoint, check_dense, check_jvp
+from verification.policy.strategies import layer_norm_inputs, small_configs, theorem2_cases
+from verification.policy.tolerances import relative_error, tolerance
 
 SAME = tolerance("identity", "float64")
 SE = tolerance("monte_carlo", "standard_errors")
@@ -72,7 +74,7 @@ def test_errata_checks_pass():
 
 def test_erratum_1_discriminates_the_coupling(monkeypatch):
     """C12 C21 = cos^2 holds for y1.y2/|y2|^2 too; the check must reject that coupling and the cosine."""
-    import refimpl.analysis
+    import refimpl.propagation.analysis
 
     for wrong in (lambda a, b: (a * b).sum(-1) / (b * b).sum(-1), refimpl.cosine):
         monkeypatch.setattr(refimpl, "coupling", wrong)
@@ -96,12 +98,12 @@ def test_erratum_7_rejects_the_authors_convention(organism, monkeypatch):
     """head_features computed with ln_2's gain (the authors' attention convention) must fail erratum 7."""
     ids = organism.to_ids("<|endoftext|>So, John really is a great friend, isn't")
     subj = refimpl.observable(organism, {" she": 1, " he": -1})
-    original = refimpl.propagation.layer_norm_factor
+    original = refimpl.propagation.propagate.layer_norm_factor
 
     def ln2_gain(model, name, y, mode, last, norms, points):
         return original(model, name.replace("ln1", "ln2"), y, mode, last, norms, points)
 
-    monkeypatch.setattr(refimpl.propagation, "layer_norm_factor", ln2_gain)
+    monkeypatch.setattr(refimpl.propagation.propagate, "layer_norm_factor", ln2_gain)
     assert not errata.swapped_layer_norms(organism, subj, ids, SAME).passed
 
 
@@ -224,7 +226,7 @@ def test_report_command(tmp_path):
 
 
 def test_report_kinds_table_and_summary():
-    from verification.checks import Check, measurement, skipped
+    from verification.policy.checks import Check, measurement, skipped
     from verification.report import format_summary, format_table
 
     entries = [Check("a check that fails", False, 2.0, 1.0, 1e-12, detail="why"),
@@ -241,7 +243,7 @@ def test_report_kinds_table_and_summary():
 
 
 def test_report_lists_checks_it_cannot_run_on_another_vocabulary(tiny64):
-    from verification.report import errata_checks, propagation_checks
+    from verification.model_sections import errata_checks, propagation_checks
 
     ids = np.arange(8) % 61
     entries = propagation_checks(tiny64, ids) + errata_checks(tiny64, ids)
@@ -252,7 +254,7 @@ def test_report_lists_checks_it_cannot_run_on_another_vocabulary(tiny64):
 
 def test_torch_backend_checks(organism):
     pytest.importorskip("torch", reason="the torch backend needs torch (pip install -e '.[torch]')")
-    from verification.report import torch_checks
+    from verification.model_sections import torch_checks
 
     checks = torch_checks(organism, organism.to_ids("<|endoftext|>So, John really is a great friend, isn't"))
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
@@ -268,7 +270,7 @@ def test_small_config_strategy_models_are_consistent(config):
     direct formulas (batched vs single, dense W_OV)."""
     import tempfile
 
-    from verification.fixtures import random_tensors, write_checkpoint
+    from verification.references.fixtures import random_tensors, write_checkpoint
 
     with tempfile.TemporaryDirectory() as folder:
         model = refimpl.load(write_checkpoint(folder, config, random_tensors(config, seed=3), dtype="float64"),
@@ -284,7 +286,7 @@ def test_small_config_strategy_models_are_consistent(config):
 
 
 def test_block_adjoint_at_the_1_3b_width():
-    from verification.report import block_adjoint_at_width
+    from verification.sections import block_adjoint_at_width
 
     assert block_adjoint_at_width(2048, 16, 8192, 4).passed
 

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-from refimpl.argparsing import OneLineParser
+from refimpl.commands.argparsing import OneLineParser
 from refimpl.errors import RefimplError
 
 
@@ -23,15 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "conformance":
         return conformance_main(argv[1:])
     if argv and argv[0] == "validate":
-        from .peers.validate import main as validate_main
+        from verification.peers.validate import main as validate_main
 
         return validate_main(argv[1:])
     if argv and argv[0] == "mechanical":
-        from .mechanical import main as mechanical_main
+        from verification.mutation.mechanical import main as mechanical_main
 
         return mechanical_main(argv[1:])
     if argv and argv[0] == "mutants":
-        from .mutants import main as mutants_main
+        from verification.mutation.mutants import main as mutants_main
 
         return mutants_main(argv[1:])
     parser = OneLineParser(prog="python -m verification", description=__doc__,
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="skip the torch backend checks")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from . import report
+    from verification import report
 
     start = time.perf_counter()
     try:
@@ -71,7 +71,7 @@ def conformance_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import refimpl
 
-    from .conformance import check_file
+    from verification.conformance import check_file
 
     try:
         checks = check_file(args.file, refimpl.load(args.model, dtype="float64"), args.model)

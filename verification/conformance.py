@@ -33,10 +33,10 @@ import numpy as np
 
 import refimpl
 from refimpl.errors import ConformanceError, RefimplError
-from refimpl.safetensors_reader import open_regular, short, strict_json
+from refimpl.sources.safetensors_reader import open_regular, short, strict_json
 
-from .checks import Check
-from .tolerances import tolerance
+from verification.policy.checks import Check
+from verification.policy.tolerances import tolerance
 
 VANISHING = 1e-6  # a head whose feature norm is below this share of the largest head's is judged against that
 KEY = re.compile(r"^(feature|norm|cosine|coupling)/([^/]+)/(\d+)\.(\d+)$")

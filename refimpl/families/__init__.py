@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..config import _short
-from ..errors import ConfigError
-from .base import ACTIVATIONS, GELU_NEW, SERIAL, Activation, Family, SerialStructure
-from .gpt2 import GPT2
-from .gpt_neo import GPT_NEO
+from refimpl.oracle.config import _short
+from refimpl.errors import ConfigError
+from refimpl.families.base import ACTIVATIONS, GELU_NEW, SERIAL, Activation, Family, SerialStructure
+from refimpl.families.gpt2 import GPT2
+from refimpl.families.gpt_neo import GPT_NEO
 
 FAMILIES: Mapping[str, Family] = {f.name: f for f in (GPT_NEO, GPT2)}
 

@@ -2,7 +2,7 @@
 
 A ``Family`` is data plus pure functions: its config parser, its checkpoint conversion (a table checked
 against the checkpoint), the checkpoint buffers it ignores, its MLP activation and its ``Structure``.
-The runner (``refimpl.model``) reads only the TransformerLens-layout weights and the ``Config`` a family
+The runner (``refimpl.oracle.model``) reads only the TransformerLens-layout weights and the ``Config`` a family
 produces; propagation, experiments and the verification references ask the ``Structure`` which LayerNorm a
 node reads, which residual feeds each LayerNorm and where a head's output re-enters the residual stream,
 instead of assuming GPT-Neo's serial block. See ``docs/families.md`` for how GPT-NeoX/Pythia fits.
@@ -16,8 +16,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .. import ops
-from ..config import Config
+from refimpl.oracle import ops
+from refimpl.families.serial_blocks import SerialBlocks
+from refimpl.oracle.config import Config
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Activation:
 
 
 def _gelu_new_derivative(x: np.ndarray) -> np.ndarray:
-    from ..jacobians import gelu_new_derivative
+    from refimpl.propagation.jacobians import gelu_new_derivative
 
     return gelu_new_derivative(x)
 
@@ -86,6 +87,7 @@ class Family:
     convert: Callable[[Mapping[str, tuple[int, ...]], Callable[[str], np.ndarray], Config], dict[str, np.ndarray]]
     ignored_buffer: re.Pattern  # checkpoint keys (prefix stripped) that are buffers, not parameters
     structure: SerialStructure = SERIAL
+    blocks: type = SerialBlocks  # the forward maths (embedding, blocks, unembedding) of a loaded model
 
     def activation(self, config: Config) -> Activation:
         return ACTIVATIONS[config.act_fn]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-from ..config import Config
-from ..errors import CheckpointError
+from refimpl.oracle.config import Config
+from refimpl.errors import CheckpointError
 
 LAYER_KEY = re.compile(r"^h\.(\d{1,9})\.")
 

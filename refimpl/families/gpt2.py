@@ -40,10 +40,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..config import SUPPORTED_ACTIVATIONS, Config, _field, _short
-from ..errors import CheckpointError, ConfigError
-from .base import Family
-from .checkpoint_keys import check_keys_and_shapes
+from refimpl.oracle.config import SUPPORTED_ACTIVATIONS, Config, _field, _short
+from refimpl.errors import CheckpointError, ConfigError
+from refimpl.families.base import Family
+from refimpl.families.checkpoint_keys import check_keys_and_shapes
 
 IGNORED_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 

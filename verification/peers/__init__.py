@@ -5,20 +5,20 @@ TransformerBridge, raw or processed) and ``UserFunctionPeer`` (any ``features(we
 share the interface of ``base.Peer``. Importing this package imports neither torch nor TransformerLens.
 """
 
-from .base import Peer, PeerError
+from verification.peers.base import Peer, PeerError
 
 
 def __getattr__(name):
     if name == "TransformersPeer":
-        from .transformers_peer import TransformersPeer
+        from verification.peers.transformers_peer import TransformersPeer
 
         return TransformersPeer
     if name == "TransformerLensPeer":
-        from .transformer_lens_peer import TransformerLensPeer
+        from verification.peers.transformer_lens_peer import TransformerLensPeer
 
         return TransformerLensPeer
     if name == "UserFunctionPeer":
-        from .user_function import UserFunctionPeer
+        from verification.peers.user_function import UserFunctionPeer
 
         return UserFunctionPeer
     raise AttributeError(name)

@@ -11,7 +11,7 @@ the wrapped Hugging Face module (plain ``AttentionBridge``), which cannot expose
 (``set_use_attn_result(True)`` raises for it), so a head's output is ``hook_z[..., h, :] @ W_O[l, h]``.
 
 transformers' GPT-Neo attention casts queries and keys to float32 even in a float64 model; as in
-``verification.torch_peer`` the peer runs inside ``exact_attention()`` (``neutralise_cast=True``) so that a
+``verification.peers.torch_peer`` the peer runs inside ``exact_attention()`` (``neutralise_cast=True``) so that a
 float64 comparison measures TransformerLens, not that cast.
 """
 
@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from .base import Peer, PeerError, as_numpy
+from verification.peers.base import Peer, PeerError, as_numpy
 
 # our name -> (bridge property, per-layer?) for the weights a user reads off the bridge
 _STACKED = {"attn.W_Q": "W_Q", "attn.W_K": "W_K", "attn.W_V": "W_V", "attn.W_O": "W_O", "attn.b_Q": "b_Q",
@@ -38,7 +38,7 @@ def float64_processing():
     ``float64`` makes that branch a no-op (same technique as ``torch_peer.exact_attention``)."""
     from transformer_lens import weight_processing
 
-    from ..torch_peer import float32_means_float64
+    from verification.peers.torch_peer import float32_means_float64
 
     with float32_means_float64(weight_processing):
         yield
@@ -97,7 +97,7 @@ class TransformerLensPeer(Peer):
         stack = contextlib.ExitStack()
         stack.enter_context(torch.no_grad())
         if self.neutralise_cast:
-            from verification.torch_peer import exact_attention
+            from verification.peers.torch_peer import exact_attention
 
             stack.enter_context(exact_attention())
         return stack

@@ -1,4 +1,4 @@
-"""transformers' GPTNeoForCausalLM as a peer (wraps ``verification.torch_peer``).
+"""transformers' GPTNeoForCausalLM as a peer (wraps ``verification.peers.torch_peer``).
 
 Activations: the residual stream (every block input and the last block's output) and the logits.
 Features and path patching are written against the Hugging Face module and its state dict in the
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Peer, as_numpy
+from verification.peers.base import Peer, as_numpy
 
 
 class TransformersPeer(Peer):
     name = "transformers"
 
     def __init__(self, folder: str | Path, dtype: str = "float64"):
-        from verification.torch_peer import load_peer
+        from verification.peers.torch_peer import load_peer
 
         self.folder, self.dtype = str(folder), dtype
         self.model = load_peer(folder, dtype)
@@ -31,7 +31,7 @@ class TransformersPeer(Peer):
         return f"TransformersPeer({self.folder!r}, dtype={self.dtype!r})"
 
     def activations(self, ids):
-        from verification.torch_peer import peer_forward
+        from verification.peers.torch_peer import peer_forward
 
         logits, hidden = peer_forward(self.model, ids)
         out = {f"blocks.{l}.hook_resid_pre": h for l, h in enumerate(hidden[:-1])}
@@ -61,7 +61,7 @@ class TransformersPeer(Peer):
         """The merged per-head values entering out_proj of every layer: [L] x [B, T, H*dh]."""
         import torch
 
-        from verification.torch_peer import exact_attention
+        from verification.peers.torch_peer import exact_attention
 
         store, handles = {}, []
         for l in range(self.n_layers):
@@ -78,7 +78,7 @@ class TransformersPeer(Peer):
     def path_patching(self, clean, corrupt, n):
         import torch
 
-        from verification.torch_peer import exact_attention
+        from verification.peers.torch_peer import exact_attention
 
         clean, corrupt = np.atleast_2d(clean), np.atleast_2d(corrupt)
         n_t = torch.tensor(np.array(n), dtype=getattr(torch, self.dtype))

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .base import Peer, PeerError
+from verification.peers.base import Peer, PeerError
 
 
 def resolve(spec: str) -> Callable:

@@ -6,7 +6,7 @@
 On one checkpoint and prompts longer than the local window it compares (1) every activation name both
 sides share (values and shapes) and the logits, (2) per-head features W_OV^T W_U^T n from the peer's own
 weights against ``refimpl.head_features``, (3) per-head direct-path patching through the peer's hooks
-against ``refimpl.experiments.path_patch_heads`` and, when the peer exposes them, (4) its weights. With
+against ``refimpl.case_study.experiments.path_patch_heads`` and, when the peer exposes them, (4) its weights. With
 ``--processed`` the peer's weight processing is undone by the exact identities of
 ``verification.peers.identities`` applied to the oracle's raw quantities; what no identity explains is
 a FAIL (with a diagnosis when one is known), never a looser tolerance. Exit status: 0 all pass,
@@ -24,139 +24,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import identities as I
-from .base import Peer, PeerError
+from verification.peers import identities as I
+from verification.peers.base import Peer, PeerError
+from verification.peers.expectations import (Item, Report, _float32_representable, _ids_literal, agreement_of, expected_activation, expected_features, expected_path_patching, expected_weights, format_report)
 
 PROG = "python -m verification validate"
-_RESIDUAL = re.compile(r"^(hook_embed|hook_pos_embed|blocks\.\d+\.(hook_resid_pre|hook_resid_mid|hook_resid_post"
-                       r"|hook_attn_out|hook_mlp_out))$")
-_NORMALIZED = re.compile(r"^(?:(blocks\.\d+)\.)?(ln1|ln2|ln_final)\.hook_normalized$")
-_VALUE = re.compile(r"^blocks\.(\d+)\.attn\.hook_(v|z)$")
-
-
-@dataclass
-class Item:
-    item: str
-    kind: str
-    agreement: float
-    tolerance: float
-    verdict: str
-    identity: str = ""
-    note: str = ""
-    snippet: str = ""
-
-
-@dataclass
-class Report:
-    peer: str
-    model: str
-    dtype: str
-    processed: bool
-    processing: list
-    prompts: dict
-    notes: list
-    items: list = field(default_factory=list)
-    identities: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def failures(self) -> list:
-        return [item for item in self.items if item.verdict != "pass"]
-
-    def to_json(self) -> dict:
-        out = asdict(self)
-        out["failures"] = [item.item for item in self.failures]
-        return out
-
-
 # ------------------------------------------------------------------ expected values (oracle + identities)
-def observable_of(model, n: np.ndarray):
-    """The oracle's Observable for an arbitrary vocabulary vector n (residual image W_U n)."""
-    from refimpl.observables import Observable
-
-    n = np.asarray(n, dtype=model.dtype)
-    return Observable(vocab=n, residual=model.weights["unembed.W_U"] @ n, terms=(), name="n")
-
-
-def expected_activation(model, trace: dict, name: str, processed: bool, pre_gain: bool):
-    """What the peer must record under ``name``: the oracle's value, mapped by the identities that apply.
-    Returns (array, identity names)."""
-    W = model.weights
-    value, used = np.asarray(trace[name]), []
-    m = _NORMALIZED.match(name)
-    if m and pre_gain:
-        prefix = f"{m.group(1)}." if m.group(1) else ""
-        value = I.pre_gain_normalized(value, W[f"{prefix}{m.group(2)}.w"], W[f"{prefix}{m.group(2)}.b"])
-        used.append("pre_gain_normalized")
-    if processed:
-        v = _VALUE.match(name)
-        if name == "logits":
-            value = I.centred_logits(value)
-            used.append("centred_logits")
-        elif _RESIDUAL.match(name):
-            value = I.centred_residual(value)
-            used.append("centred_residual")
-        elif v:
-            layer = int(v.group(1))
-            value = I.value_without_bias(value, W[f"blocks.{layer}.ln1.b"], W[f"blocks.{layer}.attn.W_V"])
-            used.append("value_without_bias")
-    return value, used
-
-
-def expected_features(model, n: np.ndarray, processed: bool):
-    import refimpl
-
-    if not processed:
-        return refimpl.head_features(model, observable_of(model, n)), []
-    u_raw = observable_of(model, I.centred_observable(np.asarray(n, dtype=model.dtype))).residual
-    return I.processed_head_features(model.weights, model.config.n_layers, u_raw), [
-        "centred_observable", "processed_feature_residual", "processed_head_features"]
-
-
-def expected_path_patching(model, clean, corrupt, n: np.ndarray, processed: bool):
-    from refimpl.experiments import path_patch_heads
-
-    if not processed:
-        return path_patch_heads(model, clean, corrupt, observable_of(model, n)), []
-    raw = path_patch_heads(model, clean, corrupt, observable_of(model, I.centred_observable(np.asarray(n))))
-    return I.processed_path_patching(raw), ["centred_observable", "processed_path_patching"]
-
-
-def expected_weights(model, processed: bool) -> dict:
-    if not processed:
-        return dict(model.weights)
-    return I.processed_weights(model.weights, model.config.n_layers)
-
-
 # ------------------------------------------------------------------ comparison helpers
-def agreement_of(got, expected, scale: float | None = None) -> tuple[float, str]:
-    """max |got - expected| / scale (default max |expected|), over entries finite on both sides; a shape
-    or finiteness-pattern mismatch is inf with the reason, and so are values that are not real numbers (a
-    complex peer value is not compared by its real part)."""
-    got, expected = np.asarray(got), np.asarray(expected, dtype=np.float64)
-    if np.iscomplexobj(got) or not np.issubdtype(got.dtype, np.number):
-        return float("inf"), f"dtype {got.dtype}: a peer's values must be real numbers"
-    if got.shape != expected.shape:
-        return float("inf"), f"shape {got.shape}, expected {expected.shape}"
-    finite = np.isfinite(expected)
-    if not np.array_equal(np.isfinite(got), finite):
-        return float("inf"), (f"{int((np.isfinite(got) != finite).sum())} entries finite on one side only "
-                              "(e.g. masked attention scores)")
-    if not finite.any():
-        return 0.0, ""
-    diff = float(np.max(np.abs(got[finite] - expected[finite])))
-    scale = float(np.max(np.abs(expected[finite]))) if scale is None else float(scale)
-    return (diff / scale if scale else diff), ""
-
-
-def _float32_representable(arrays) -> bool:
-    return all(np.array_equal(a, a.astype(np.float32).astype(np.float64)) for a in arrays if a.dtype == np.float64)
-
-
-def _ids_literal(ids: np.ndarray) -> str:
-    return "np.array(" + json.dumps(np.asarray(ids).tolist()) + ")"
-
-
 # ------------------------------------------------------------------ the validation
 def default_prompts(model, seed: int = 0, batch: int = 3):
     """Random token ids longer than the local window (clean), and corrupted prompts that share only the
@@ -172,7 +46,9 @@ def default_prompts(model, seed: int = 0, batch: int = 3):
 
 
 def default_observable(model) -> dict:
-    if model.config.d_vocab >= 50257:
+    from refimpl.oracle.tokenizer import uses_gpt2_vocabulary
+
+    if uses_gpt2_vocabulary(model):
         return {" she": 1, " he": -1}
     return {1: 1, 2: -1}
 
@@ -180,7 +56,7 @@ def default_observable(model) -> dict:
 def validate(peer: Peer, model, clean=None, corrupt=None, observable: dict | None = None,
              model_label: str | None = None) -> Report:
     import refimpl
-    from verification.tolerances import tolerance
+    from verification.policy.tolerances import tolerance
 
     start = time.perf_counter()
     dtype = str(model.dtype)
@@ -293,7 +169,7 @@ def _per_head(add, kind, got, expected, tol, used, scale, snippet, dtype, peer):
 
 
 def _diagnose_rounding(agreement: float, dtype: str, arrays) -> str:
-    from verification.tolerances import tolerance
+    from verification.policy.tolerances import tolerance
 
     if dtype != "float64" or agreement > tolerance("identity", "float32"):
         return "no identity explains it"
@@ -308,7 +184,7 @@ def _diagnose_activation(name, got, trace, tol, dtype, agreement) -> str:
     if name.endswith("attn.hook_attn_scores"):
         pattern = trace[name.replace("hook_attn_scores", "hook_pattern")]
         a, _ = agreement_of(got, pattern)
-        from verification.tolerances import tolerance
+        from verification.policy.tolerances import tolerance
 
         if a <= max(tol, tolerance("peer_activation", "float32")):
             return (f"FINDING: equals the oracle's hook_pattern to {a:.1e}: the bridge fires hook_attn_scores "
@@ -317,30 +193,10 @@ def _diagnose_activation(name, got, trace, tol, dtype, agreement) -> str:
 
 
 # ------------------------------------------------------------------ printing
-def format_report(report: Report) -> str:
-    lines = [f"peer {report.peer} | model {report.model} | {report.dtype} | "
-             f"{'processed: ' + ', '.join(report.processing) if report.processed else 'raw weights'}",
-             f"prompts: {len(report.prompts['clean'])} x {len(report.prompts['clean'][0])} tokens "
-             f"(local window {report.prompts['window']}), observable {report.prompts['observable']}"]
-    lines += [f"note: {note}" for note in report.notes]
-    width = max([len(i.item) for i in report.items] + [4])
-    lines.append(f"{'item':<{width}}  {'agreement':>9}  {'tolerance':>9}  verdict  identity")
-    for i in report.items:
-        lines.append(f"{i.item:<{width}}  {i.agreement:9.1e}  {i.tolerance:9.1e}  {i.verdict:<7}  {i.identity}")
-    if report.identities:
-        lines.append("identity residuals (max agreement of the items checked through each):")
-        lines += [f"  {name}: {value:.1e}" for name, value in sorted(report.identities.items())]
-    failures = report.failures
-    lines.append(f"{len(report.items) - len(failures)} of {len(report.items)} items agree ({report.seconds:.1f} s)")
-    for i in failures:
-        lines.append(f"\nFAIL {i.item}: {i.note}\n--- reproduce:\n{i.snippet}")
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------ construction and CLI
 def make_peer(spec: str, model, source: str, dtype: str, processed: bool, exact_processing: bool = False) -> Peer:
     if spec == "transformer-lens":
-        from .transformer_lens_peer import TransformerLensPeer
+        from verification.peers.transformer_lens_peer import TransformerLensPeer
 
         if exact_processing and not processed:
             raise PeerError("--exact-processing needs --processed")
@@ -357,10 +213,10 @@ def make_peer(spec: str, model, source: str, dtype: str, processed: bool, exact_
             import transformers  # noqa: F401
         except ImportError as exc:
             raise PeerError(f"the transformers peer needs torch and transformers: pip install -e '.[torch]' ({exc})") from None
-        from .transformers_peer import TransformersPeer
+        from verification.peers.transformers_peer import TransformersPeer
 
         return TransformersPeer(model.path, dtype=dtype)
-    from .user_function import UserFunctionPeer
+    from verification.peers.user_function import UserFunctionPeer
 
     return UserFunctionPeer(spec, model.weights, dtype=dtype)
 
@@ -378,7 +234,7 @@ def _observable_arg(text: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from refimpl.argparsing import OneLineParser
+    from refimpl.commands.argparsing import OneLineParser
     from refimpl.errors import RefimplError
 
     parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,0 +1,1 @@
+"""The commands: ``obsprop`` (``cli``) and the argument parser they share (``argparsing``)."""

@@ -1,6 +1,7 @@
 """GPT-2 as the second family: parity with transformers' GPT2LMHeadModel, features from the raw tensors,
 the config fields that change the model, and the conversion's refusals."""
 
+import io
 import json
 
 import numpy as np
@@ -237,3 +238,56 @@ def test_gpt2_organism_is_bundled_small_and_passes_the_verification_report(tmp_p
     assert main(["--model", "organism-gpt2", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["passed"] and report["checks_failed"] == 0 and report["checks_passed"] > 60
+
+
+# ------------------------------------------------------------------ validate and conformance on GPT-2
+def test_validate_with_the_transformers_peer_agrees_on_a_random_gpt2(tmp_path, capsys):
+    """The transformers peer reads GPT-2's own modules (c_attn's value block, c_proj): every activation, the
+    features and path patching agree; a peer whose c_proj is read as nn.Linear would not."""
+    tp = _transformers()
+    from verification.peers.validate import main
+
+    folder = tp.make_random_gpt2_checkpoint(tmp_path, seed=8, dtype="float64", vocab=61, d_model=16, n_layers=2,
+                                            n_heads=4, n_ctx=32)
+    assert main(["--peer", "transformers", "--model", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "path_patching (all heads)" in out and "features (all heads)" in out and "FAIL" not in out
+
+
+def test_conformance_of_the_oracles_own_gpt2_features(tmp_path):
+    """The oracle's own GPT-2 features written in the conformance format pass; one head's feature off by 5%
+    fails, by that head's name."""
+    import zipfile
+
+    from verification.conformance import check_file, write_reference
+
+    config = gpt2_config(vocab=61, d_model=16, n_layers=2, n_heads=2)
+    folder = write_checkpoint(tmp_path / "m", config, random_tensors(config, seed=4), dtype="float64")
+    model = refimpl.load(folder, dtype="float64")
+    good = write_reference(tmp_path / "good.npz", model, {"n": {3: 1, 7: -1}})
+    assert all(c.passed for c in check_file(good, model))
+    bad = tmp_path / "bad.npz"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "feature/n/1.0.npy":
+                array = np.load(io.BytesIO(data))
+                buffer = io.BytesIO()
+                np.save(buffer, array * 1.05)
+                data = buffer.getvalue()
+            dst.writestr(name, data)
+    failed = [c.name for c in check_file(bad, model) if not c.passed]
+    assert failed and all("1.0" in name for name in failed), failed
+
+
+def test_transformer_lens_on_the_gpt2_organism_differs_only_in_its_masking_constant(capsys):
+    """TransformerLens' bridge on GPT-2: every activation, the weights, features and path patching agree; its
+    hook_attn_scores hold the dtype's minimum at masked keys where the oracle has -inf (named as a finding)."""
+    pytest.importorskip("transformer_lens", reason="the TransformerLens peer needs transformer-lens ('.[tl]')")
+    from verification.peers.validate import main
+
+    assert main(["--peer", "transformer-lens", "--model", "organism-gpt2"]) == 1
+    out = capsys.readouterr().out
+    fails = [line for line in out.splitlines() if line.startswith("FAIL ")]
+    assert len(fails) == 4 and all(".attn.hook_attn_scores:" in f and "FINDING: masked keys hold" in f for f in fails)
+    assert "92 of 96 items agree" in out and "path_patching (all heads)" in out

@@ -87,3 +87,22 @@ def test_report_json_lists_its_failures():
     assert report.to_json()["items"][0] == {"item": "logits", "kind": "activation", "agreement": 0.0,
                                              "tolerance": 1e-12, "verdict": "pass", "identity": "", "note": "",
                                              "snippet": ""}
+
+
+@pytest.mark.parametrize("fill, shift, second_fill, expected", [
+    (np.finfo(np.float64).min, 0.0, None, True),   # GPT-2 through the bridge: the dtype's minimum
+    (-1e9, 0.0, None, True),                       # another large constant
+    (-1e4, 0.0, None, True),                       # at the threshold
+    (-1e3, 0.0, None, False),                      # too small to be a mask
+    (-1e9, 1e-6, None, False),                     # the unmasked scores differ
+    (-1e9, 0.0, -1e8, False),                      # two different fills: not one masking constant
+])
+def test_masked_scores_written_as_a_finite_constant_are_named(fill, shift, second_fill, expected):
+    scores = np.array([[[[0.5, -np.inf, -np.inf], [0.1, 0.2, -np.inf], [0.3, -0.4, 0.6]]]])
+    pattern = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
+    peer = np.where(np.isinf(scores), fill, scores + shift)
+    if second_fill is not None:
+        peer[0, 0, 0, 2] = second_fill
+    trace = {"blocks.0.attn.hook_attn_scores": scores, "blocks.0.attn.hook_pattern": pattern}
+    note = _diagnose_activation("blocks.0.attn.hook_attn_scores", peer, trace, 1e-12, "float64", float("inf"))
+    assert ("masked keys hold" in note) is expected, note

@@ -16,7 +16,7 @@ import numpy as np
 import refimpl
 
 from verification.policy.checks import Check, relative_check
-from verification.peers.torch_peer import exact_attention, load_peer, peer_forward
+from verification.peers.torch_peer import exact_attention, head_value_output, load_peer, peer_forward
 
 
 def _t(array):
@@ -41,19 +41,8 @@ def forward_checks(model, ids, tolerance: float) -> list[Check]:
     return checks
 
 
-# ------------------------------------------------------------------ one head's weights in transformers' own modules
-# GPT-Neo: nn.Linear [out, in], separate v_proj / out_proj. GPT-2: Conv1D [in, out], fused c_attn (q | k | v).
-def _value_output(peer, layer: int, head: int):
-    """(W_v [dh, d], W_o [d, dh]) of one head, column convention (v = W_v x, out = W_o z), from the modules."""
-    cfg, dh = peer.config, peer.config.hidden_size // peer.config.num_attention_heads
-    rows = slice(head * dh, (head + 1) * dh)
-    if cfg.model_type == "gpt2":
-        attn, d = peer.transformer.h[layer].attn, cfg.hidden_size
-        return attn.c_attn.weight[:, 2 * d + head * dh:2 * d + (head + 1) * dh].T, attn.c_proj.weight[rows].T
-    att = peer.transformer.h[layer].attn.attention
-    return att.v_proj.weight[rows], att.out_proj.weight[:, rows]
-
-
+# ------------------------------------------------------------------ one head's inputs in transformers' own modules
+# GPT-Neo: nn.Linear [out, in], separate q/k/v_proj. GPT-2: Conv1D [in, out], fused c_attn (q | k | v).
 def _head_input_hooks(peer, layer: int, head: int, source: int, delta) -> list:
     """Forward hooks adding ``delta``'s image to head ``head``'s query, key and value at token ``source`` (the
     head's input moved by delta, nothing else); returns the handles."""
@@ -135,7 +124,7 @@ def torch_path_reference(peer, observable, path, ids, mlp_pair_ids=None, mlp_fal
     def node_out(node, ln_input):
         kind, layer, head = node
         if kind == "attn":
-            W_v, W_o = _value_output(peer, layer, head)  # [dh, d], [d, dh]: v = W_v x (its bias is no direction)
+            W_v, W_o = head_value_output(peer, layer, head)  # [dh, d], [d, dh]: v = W_v x (its bias is no direction)
             return W_o @ (W_v @ ln_of(kind, layer)(ln_input))
         ln = ln_of(kind, layer)
         return blocks[layer].mlp(mlp_at[layer] + ln(ln_input) - ln(point(kind, layer)))

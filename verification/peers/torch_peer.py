@@ -157,3 +157,26 @@ def peer_forward(model, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         handle.remove()
     hidden = [h.numpy() for h in out.hidden_states[:-1]] + [captured["x"].numpy()]
     return out.logits.numpy(), hidden
+
+
+# ------------------------------------------------------------------ one head's weights in transformers' own modules
+# GPT-Neo: nn.Linear [out, in], separate v_proj / out_proj. GPT-2: Conv1D [in, out], fused c_attn (q | k | v).
+def head_value_output(peer, layer: int, head: int):
+    """(W_v [dh, d], W_o [d, dh]) of one head, column convention (v = W_v x, out = W_o z), from the modules."""
+    cfg, dh = peer.config, peer.config.hidden_size // peer.config.num_attention_heads
+    rows = slice(head * dh, (head + 1) * dh)
+    if cfg.model_type == "gpt2":
+        attn, d = peer.transformer.h[layer].attn, cfg.hidden_size
+        return attn.c_attn.weight[:, 2 * d + head * dh:2 * d + (head + 1) * dh].T, attn.c_proj.weight[rows].T
+    att = peer.transformer.h[layer].attn.attention
+    return att.v_proj.weight[rows], att.out_proj.weight[:, rows]
+
+
+def output_projection(peer, layer: int):
+    """(the module whose input is the merged heads z [.., H*dh], its weight O [d, H*dh] in the column convention:
+    attention output = O z + b): ``out_proj`` (GPT-Neo) or ``c_proj`` (GPT-2, Conv1D: its weight transposed)."""
+    if peer.config.model_type == "gpt2":
+        c_proj = peer.transformer.h[layer].attn.c_proj
+        return c_proj, c_proj.weight.detach().T
+    out_proj = peer.transformer.h[layer].attn.attention.out_proj
+    return out_proj, out_proj.weight.detach()

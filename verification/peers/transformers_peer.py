@@ -1,9 +1,10 @@
-"""transformers' GPTNeoForCausalLM as a peer (wraps ``verification.peers.torch_peer``).
+"""transformers' GPTNeoForCausalLM or GPT2LMHeadModel as a peer (wraps ``verification.peers.torch_peer``).
 
 Activations: the residual stream (every block input and the last block's output) and the logits.
 Features and path patching are written against the Hugging Face module and its state dict in the
-column convention of the authors' code (``v_proj.weight`` rows, ``out_proj.weight`` columns, ``wte``),
-with PyTorch hooks on ``out_proj`` (the merged heads before the output projection) and ``ln_f``.
+column convention of the authors' code (a head's value rows and output columns, ``wte``: ``v_proj`` /
+``out_proj`` for GPT-Neo, the value block of ``c_attn`` / ``c_proj`` for GPT-2), with PyTorch hooks on the
+output projection (the merged heads before it) and ``ln_f``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ class TransformersPeer(Peer):
         self.folder, self.dtype = str(folder), dtype
         self.model = load_peer(folder, dtype)
         cfg = self.model.config
-        self.n_layers, self.n_heads = cfg.num_layers, cfg.num_heads
-        self.d_head = cfg.hidden_size // cfg.num_heads
+        self.n_layers, self.n_heads = cfg.num_hidden_layers, cfg.num_attention_heads
+        self.d_head = cfg.hidden_size // cfg.num_attention_heads
 
     def snippet_constructor(self) -> str:
         return f"TransformersPeer({self.folder!r}, dtype={self.dtype!r})"
@@ -39,21 +40,17 @@ class TransformersPeer(Peer):
         out["logits"] = logits
         return out
 
-    def _attention(self, layer):
-        return self.model.transformer.h[layer].attn.attention
-
     def features(self, n):
         import torch
 
         W_U = self.model.get_output_embeddings().weight.detach()  # [V, d]: logits = W_U x
         u = W_U.T @ torch.tensor(np.array(n), dtype=W_U.dtype)  # W_U^T n  [d]
-        dh = self.d_head
+        from verification.peers.torch_peer import head_value_output
+
         out = np.empty((self.n_layers, self.n_heads, u.shape[0]))
         for l in range(self.n_layers):
-            attn = self._attention(l)
-            V, O = attn.v_proj.weight.detach(), attn.out_proj.weight.detach()  # [H*dh, d], [d, H*dh]
             for h in range(self.n_heads):
-                W_V, W_O = V[h * dh:(h + 1) * dh], O[:, h * dh:(h + 1) * dh]  # column convention
+                W_V, W_O = (w.detach() for w in head_value_output(self.model, l, h))  # [dh, d], [d, dh]
                 out[l, h] = as_numpy(W_V.T @ (W_O.T @ u))  # W_OV^T W_U^T n
         return out.astype(self.dtype)
 
@@ -61,11 +58,11 @@ class TransformersPeer(Peer):
         """The merged per-head values entering out_proj of every layer: [L] x [B, T, H*dh]."""
         import torch
 
-        from verification.peers.torch_peer import exact_attention
+        from verification.peers.torch_peer import exact_attention, output_projection
 
         store, handles = {}, []
         for l in range(self.n_layers):
-            handles.append(self._attention(l).out_proj.register_forward_pre_hook(
+            handles.append(output_projection(self.model, l)[0].register_forward_pre_hook(
                 lambda mod, args, l=l: store.__setitem__(l, args[0].detach().clone())))
         try:
             with torch.no_grad(), exact_attention():
@@ -78,7 +75,7 @@ class TransformersPeer(Peer):
     def path_patching(self, clean, corrupt, n):
         import torch
 
-        from verification.peers.torch_peer import exact_attention
+        from verification.peers.torch_peer import exact_attention, output_projection
 
         clean, corrupt = np.atleast_2d(clean), np.atleast_2d(corrupt)
         n_t = torch.tensor(np.array(n), dtype=getattr(torch, self.dtype))
@@ -89,7 +86,7 @@ class TransformersPeer(Peer):
         out = np.zeros((self.n_layers, self.n_heads))
         ln_f = self.model.transformer.ln_f
         for l in range(self.n_layers):
-            O = self._attention(l).out_proj.weight.detach()
+            O = output_projection(self.model, l)[1]  # [d, H*dh]
             for h in range(self.n_heads):
                 cols = slice(h * dh, (h + 1) * dh)
                 diff = (z_corrupt[l][..., cols] - z_clean[l][..., cols]) @ O[:, cols].T  # [B, T, d], no bias

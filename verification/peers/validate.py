@@ -20,13 +20,13 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from verification.peers import identities as I
 from verification.peers.base import Peer, PeerError
-from verification.peers.expectations import (Item, Report, _float32_representable, _ids_literal, agreement_of, expected_activation, expected_features, expected_path_patching, expected_weights, format_report)
+from verification.peers.expectations import (Item, Report, _float32_representable, _ids_literal, agreement_of,
+                                             expected_activation, expected_features, expected_path_patching,
+                                             expected_weights, format_report)
 
 PROG = "python -m verification validate"
 # ------------------------------------------------------------------ expected values (oracle + identities)
@@ -189,6 +189,15 @@ def _diagnose_activation(name, got, trace, tol, dtype, agreement) -> str:
         if a <= max(tol, tolerance("peer_activation", "float32")):
             return (f"FINDING: equals the oracle's hook_pattern to {a:.1e}: the bridge fires hook_attn_scores "
                     "with the post-softmax attention weights the Hugging Face module returns, not the scores")
+        got, ours = np.asarray(got, dtype=np.float64), np.asarray(trace.get(name, ()), dtype=np.float64)
+        masked = np.isneginf(ours)
+        if got.shape == ours.shape and masked.any() and np.isfinite(got).all():
+            fills = np.unique(got[masked])
+            unmasked, _ = agreement_of(np.where(masked, -np.inf, got), ours)
+            if len(fills) == 1 and fills[0] <= -1e4 and unmasked <= tol:
+                return (f"FINDING: masked keys hold {fills[0]:.4g} (a large finite constant, as the Hugging Face "
+                        f"module masks) where the oracle has -inf; every unmasked score agrees to {unmasked:.1e}. "
+                        "The pattern is the same unless a whole row is masked")
     return _diagnose_rounding(agreement, dtype, [])
 
 

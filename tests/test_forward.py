@@ -114,8 +114,8 @@ def test_trace_has_every_name_with_transformerlens_shapes(tiny64):
                           trace["blocks.1.hook_resid_post"]) <= SAME
     assert relative_error(trace["blocks.0.attn.hook_pattern"].sum(-1), np.ones((1, 2, 7))) <= SAME
     assert np.isneginf(trace["blocks.0.attn.hook_attn_scores"][0, 0, 0, 1])
-    # block 1 is local with window 4: query 6 sees keys 3..6 only
-    assert np.count_nonzero(trace["blocks.1.attn.hook_pattern"][0, 0, 6]) == 4
+    # GPT-Neo's block 1 is local with window 4: query 6 sees keys 3..6 only; GPT-2's sees all 7
+    assert np.count_nonzero(trace["blocks.1.attn.hook_pattern"][0, 0, 6]) == (4 if tiny64.config.window(1) else 7)
 
 
 def test_trace_is_read_only_and_selective(tiny64):
@@ -197,7 +197,8 @@ def test_memory_sizes_in_messages(n_bytes, text):
 
 
 def test_model_repr_names_the_shape(tiny64):
-    assert repr(tiny64) == (f"Model({tiny64.source!r}, GPT-Neo, 2 layers, d_model=16, 2 heads, dtype=float64)")
+    title = {"gpt_neo": "GPT-Neo", "gpt2": "GPT-2"}[tiny64.config.family]
+    assert repr(tiny64) == (f"Model({tiny64.source!r}, {title}, 2 layers, d_model=16, 2 heads, dtype=float64)")
 
 
 def test_no_sign_change_names_the_fallback_argument():

@@ -166,13 +166,14 @@ def numpy_peer_logits(folder, ids, attention_scale=1.0):
     return ln(x, "ln_f") @ t["wte.weight"].T
 
 
-def test_forward_parity_catches_a_peer_scaling_attention_by_sqrt_dhead(tiny_dir, tiny64):
+def test_forward_parity_catches_a_peer_scaling_attention_by_sqrt_dhead(tiny_neo_dir):
     """The report's forward-parity comparison passes on a correct independent peer and fails on the same
     peer with its attention scores scaled by 1/sqrt(d_head) (the GPT-2 habit GPT-Neo does not have)."""
+    tiny64 = refimpl.load(tiny_neo_dir, dtype="float64")
     ids = np.arange(10) % 61
     oracle, tol = tiny64.forward(ids), tolerance("forward_parity", "float64")
-    assert relative_check("forward", oracle, numpy_peer_logits(tiny_dir, ids), tol).passed
-    planted = numpy_peer_logits(tiny_dir, ids, attention_scale=1 / np.sqrt(tiny64.config.d_head))
+    assert relative_check("forward", oracle, numpy_peer_logits(tiny_neo_dir, ids), tol).passed
+    planted = numpy_peer_logits(tiny_neo_dir, ids, attention_scale=1 / np.sqrt(tiny64.config.d_head))
     assert not relative_check("forward", oracle, planted, tol).passed
 
 

@@ -291,3 +291,58 @@ def test_transformer_lens_on_the_gpt2_organism_differs_only_in_its_masking_const
     fails = [line for line in out.splitlines() if line.startswith("FAIL ")]
     assert len(fails) == 4 and all(".attn.hook_attn_scores:" in f and "FINDING: masked keys hold" in f for f in fails)
     assert "92 of 96 items agree" in out and "path_patching (all heads)" in out
+
+
+# ------------------------------------------------------------------ the structure and the activation as the seam
+def test_the_structure_names_the_layernorms_and_refuses_unknown_sublayers():
+    from refimpl.families import SERIAL
+
+    assert SERIAL.layer_norm("attn", 3) == "blocks.3.ln1" and SERIAL.layer_norm("mlp", 3) == "blocks.3.ln2"
+    assert SERIAL.sublayer_input("mlp", 1) == "blocks.1.ln2.hook_normalized"
+    assert SERIAL.order("attn", 2) < SERIAL.order("mlp", 2) < SERIAL.order("attn", 3)
+    assert SERIAL.head_reentry(2) == "blocks.2.hook_resid_mid"
+    for kind in ("MLP", "XXmlpXX", None, "ln"):
+        with pytest.raises(ValueError, match="a sublayer kind is one of"):
+            SERIAL.layer_norm(kind, 0)
+        with pytest.raises(ValueError, match="a sublayer kind is one of"):
+            SERIAL.order(kind, 0)
+
+
+@pytest.mark.parametrize("family", ["gpt_neo", "gpt2"])
+def test_mlp_nodes_use_the_models_activation(tmp_path, family):
+    """propagate, mlp_boundary and mlp_segment linearise the MLP with the model's own activation (a family's, e.g.
+    NeoX's exact gelu): with tanh in its place every one of them follows tanh, not gelu_new."""
+    from refimpl import experiments as ex
+    from refimpl.families import Activation
+    from refimpl.propagation import jacobians as J
+    from verification.references.fixtures import small_model
+
+    model = small_model(tmp_path, family=family)
+    model.activation = Activation("tanh", np.tanh, lambda x: 1.0 - np.tanh(x) ** 2)
+    W, p = model.weights, "blocks.1.mlp."
+    args = (W[p + "W_in"], W[p + "b_in"], W[p + "W_out"], W[p + "b_out"])
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=16)
+    f = lambda x: y @ (np.tanh(x @ args[0] + args[1]) @ args[2] + args[3])  # noqa: E731
+    x_neg, x_pos = rng.normal(size=16), rng.normal(size=16)
+    while np.sign(f(x_neg)) == np.sign(f(x_pos)):
+        x_pos = rng.normal(size=16)
+    boundary = refimpl.mlp_boundary(model, 1, y, x_neg, x_pos)
+    assert abs(f(boundary.point)) <= 1e-9 * (abs(f(x_neg)) + abs(f(x_pos)))
+    rows = ex.mlp_segment(model, 1, y, x_neg, x_pos, points=5)
+    for row in rows:
+        x = boundary.point if row["is_boundary"] else (1 - row["t"]) * x_neg + row["t"] * x_pos
+        assert relative_error(row["actual"], f(x)) <= tolerance("identity", "float64")
+    grad = (J.mlp_jacobian(boundary.point, *args[:3], model.activation).T @ y)
+    at = [row for row in rows if row["is_boundary"]][0]
+    end = [row for row in rows if row["t"] == 1.0][0]
+    assert relative_error(end["linear_at_boundary"], at["actual"] + (x_pos - boundary.point) @ grad) <= \
+        tolerance("identity", "float64")
+    obs = refimpl.observable(model, {3: 1, 7: -1})
+    u = refimpl.head_features(model, obs)[2, 0]
+    while np.sign(u @ J.mlp(x_neg, *args, model.activation)) == np.sign(u @ J.mlp(x_pos, *args, model.activation)):
+        x_pos = rng.normal(size=16)
+    feature = refimpl.path_feature(model, obs, ["MLP1", "2.0"], mlp_points={1: (x_neg, x_pos)})
+    point = refimpl.mlp_boundary(model, 1, u, x_neg, x_pos).point
+    assert relative_error(feature, J.mlp_jacobian(point, *args[:3], model.activation).T @ u) <= \
+        tolerance("identity", "float64")

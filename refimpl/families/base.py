@@ -40,6 +40,15 @@ GELU_NEW = Activation("gelu_new", ops.gelu_new, _gelu_new_derivative)
 ACTIVATIONS = {a.name: a for a in (GELU_NEW,)}
 
 
+SUBLAYERS = ("attn", "mlp")
+
+
+def _check_kind(kind) -> None:
+    """A sublayer kind is "attn" or "mlp"; anything else is a bug of the caller, not a third sublayer."""
+    if kind not in SUBLAYERS:
+        raise ValueError(f"a sublayer kind is one of {SUBLAYERS}, got {kind!r}")
+
+
 class SerialStructure:
     """The pre-LN serial block of GPT-Neo and GPT-2:
         resid_mid = resid_pre + attn(ln1(resid_pre)),   resid_post = resid_mid + mlp(ln2(resid_mid)).
@@ -49,6 +58,7 @@ class SerialStructure:
 
     def layer_norm(self, kind: str, layer: int) -> str:
         """The LayerNorm in front of sublayer ``kind`` ("attn" or "mlp") of ``layer``."""
+        _check_kind(kind)
         return f"blocks.{layer}.ln1" if kind == "attn" else f"blocks.{layer}.ln2"
 
     def ln_inputs(self, n_layers: int) -> dict[str, str]:
@@ -71,6 +81,7 @@ class SerialStructure:
 
     def order(self, kind: str, layer: int) -> tuple[int, int]:
         """A key increasing along the forward pass; sublayer a can feed sublayer b iff order(a) < order(b)."""
+        _check_kind(kind)
         return layer, 0 if kind == "attn" else 1
 
 

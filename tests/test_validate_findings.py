@@ -106,3 +106,22 @@ def test_masked_scores_written_as_a_finite_constant_are_named(fill, shift, secon
     trace = {"blocks.0.attn.hook_attn_scores": scores, "blocks.0.attn.hook_pattern": pattern}
     note = _diagnose_activation("blocks.0.attn.hook_attn_scores", peer, trace, 1e-12, "float64", float("inf"))
     assert ("masked keys hold" in note) is expected, note
+
+
+def test_masked_scores_finding_at_its_tolerance_and_whole():
+    """The unmasked scores may differ by exactly the tolerance (not more); the finding is stated whole; a peer
+    array of another shape is no finding (and no crash)."""
+    scores = np.array([[[[0.5, -np.inf], [0.25, 1.0]]]])
+    trace = {"blocks.0.attn.hook_attn_scores": scores, "blocks.0.attn.hook_pattern": np.exp(scores)}
+    tol = 2.0 ** -20  # exactly representable: max |diff| / max |score| = tol exactly
+    at = np.where(np.isinf(scores), -1e9, scores + np.array([[[[0.0, 0.0], [tol, 0.0]]]]))
+    note = _diagnose_activation("blocks.0.attn.hook_attn_scores", at, trace, tol, "float64", float("inf"))
+    assert note == ("FINDING: masked keys hold -1e+09 (a large finite constant, as the Hugging Face module masks) "
+                    f"where the oracle has -inf; every unmasked score agrees to {tol:.1e}. The pattern is the same "
+                    "unless a whole row is masked")
+    above = np.where(np.isinf(scores), -1e9, scores + np.array([[[[0.0, 0.0], [2 * tol, 0.0]]]]))
+    assert "masked keys hold" not in _diagnose_activation("blocks.0.attn.hook_attn_scores", above, trace, tol,
+                                                          "float64", float("inf"))
+    other_shape = np.zeros((1, 1, 2, 3))
+    assert "masked keys hold" not in _diagnose_activation("blocks.0.attn.hook_attn_scores", other_shape, trace, tol,
+                                                          "float64", float("inf"))

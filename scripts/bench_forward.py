@@ -7,6 +7,7 @@ on a batch of prompts (default 40 x 16 tokens) and peak RSS, and prints the rati
     python scripts/bench_forward.py --shape 1.3B          # the issue's target shape
     python scripts/bench_forward.py --shape 125M --repeat 2
     python scripts/bench_forward.py --shape gpt2-124M     # GPT-2 small (GPT2LMHeadModel)
+    python scripts/bench_forward.py --shape 1.3B --before 14ece32   # and the oracle at that commit, alternately
 """
 
 from __future__ import annotations
@@ -63,8 +64,11 @@ def child(impl: str, folder: str, batch: int, seq: int, out: str) -> None:
     ids = np.random.default_rng(0).integers(0, 50257, size=(batch, seq))
     t0 = time.perf_counter()
     if impl == "oracle":
-        sys.path.insert(0, str(REPO))
+        root = os.environ.get("BENCH_ORACLE_ROOT", str(REPO))  # --before: another commit's tree
+        sys.path.insert(0, root)
         import refimpl
+
+        assert refimpl.__file__.startswith(root), (refimpl.__file__, root)
 
         model = refimpl.load(folder, dtype="float32")
         t1 = time.perf_counter()
@@ -94,9 +98,10 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure(impl: str, folder: Path, batch: int, seq: int, out: Path) -> dict:
+def measure(impl: str, folder: Path, batch: int, seq: int, out: Path, root: Path = REPO) -> dict:
     cmd = [sys.executable, __file__, "--child", impl, str(folder), str(batch), str(seq), str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = {**os.environ, "BENCH_ORACLE_ROOT": str(root)}
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=root, env=env)
     if result.returncode:
         raise SystemExit(f"{impl} child failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -113,6 +118,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=40)
     parser.add_argument("--seq", type=int, default=16)
     parser.add_argument("--repeat", type=int, default=1, help="runs per implementation (best time kept)")
+    parser.add_argument("--before", default=None, help="a git ref whose oracle to time too, alternating with this one")
     args = parser.parse_args()
     import numpy as np
 
@@ -139,6 +145,29 @@ def main() -> None:
           f"{o['peak_rss'] / t['peak_rss']:14.3f}")
     print(f"targets (1.3B): load <= 0.5 s, forward ratio <= 1.05, peak RSS <= 1.07 x weights; "
           f"last-token logits max |diff| = {diff.max():.2e} (scale {np.abs(np.load(args.cache / 'transformers-last-logits.npy')).max():.2f})")
+    if args.before:
+        compare_before(args, folder)
+
+
+def compare_before(args, folder: Path) -> None:
+    """The oracle at ``--before`` and this one, alternately three times each in fresh processes: best forward
+    times, their ratio, and whether the last-token logits are bitwise equal."""
+    import tempfile
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", args.before], cwd=REPO, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        roots = {"before": Path(tmp), "after": REPO}
+        best = {}
+        for _ in range(3):
+            for name, root in roots.items():
+                r = measure("oracle", folder, args.batch, args.seq, args.cache / f"oracle-{name}.npy", root)
+                best[name] = min(best.get(name, r["forward_s"]), r["forward_s"])
+    same = np.array_equal(np.load(args.cache / "oracle-before.npy"), np.load(args.cache / "oracle-after.npy"))
+    print(f"oracle at {args.before}: forward {best['before']:.2f} s, now {best['after']:.2f} s (best of 3, alternating): "
+          f"ratio now / before {best['after'] / best['before']:.3f}; last-token logits bitwise equal: {same}")
 
 
 if __name__ == "__main__":
